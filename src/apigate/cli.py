@@ -1,0 +1,160 @@
+"""`apigate serve | check | demo` (also `python -m apigate`).
+
+Exit codes: 0 success, 2 configuration errors (every error printed, with file, line and
+key path), 1 anything else. No traceback reaches the terminal for a bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+import uvloop
+
+from apigate import __version__
+from apigate.config import ConfigError, load_config, summarize
+from apigate.config.schema import Config
+from apigate.logs import events
+
+EXIT_CONFIG = 2
+DEFAULT_DEMO_CONFIG = "examples/quickstart.yaml"
+
+
+def _add_config(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument(
+        "-c",
+        "--config",
+        default=os.environ.get("APIGATE_CONFIG", default),
+        help="configuration file (default: $APIGATE_CONFIG)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="apigate", description="apigate: an API gateway (routing, auth, rate limits, metrics, logs)."
+    )
+    parser.add_argument("--version", action="version", version=f"apigate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("serve", help="run the gateway", description="Run the gateway until SIGTERM/SIGINT.")
+    _add_config(p)
+    p = sub.add_parser(
+        "check",
+        help="validate a configuration",
+        description="Validate a configuration: print a one-line summary, or every error (exit 2).",
+    )
+    _add_config(p)
+    p = sub.add_parser(
+        "demo",
+        help="run the gateway in front of a built-in demo upstream",
+        description="Start the demo upstream and the gateway with the quickstart configuration.",
+    )
+    _add_config(p, DEFAULT_DEMO_CONFIG)
+    p.add_argument("--upstream-port", type=int, default=8081, help="demo upstream port (default 8081)")
+    return parser
+
+
+def _load(path: str | None) -> Config | None:
+    if not path:
+        print("apigate: no configuration given (use --config FILE or set APIGATE_CONFIG)", file=sys.stderr)
+        return None
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        print(f"apigate: {len(e.errors)} configuration error(s) in {path}", file=sys.stderr)
+        return None
+
+
+def cmd_check(path: str | None) -> int:
+    cfg = _load(path)
+    if cfg is None:
+        return EXIT_CONFIG
+    print(summarize(cfg))
+    return 0
+
+
+def cmd_serve(path: str | None) -> int:
+    cfg = _load(path)
+    if cfg is None:
+        return EXIT_CONFIG
+    events.configure(cfg.logging.level, cfg.logging.service, cfg.logging.format)
+    events.emit("INFO", "config", "config_loaded", "Configuration loaded", path=path, summary=summarize(cfg))
+    from apigate.gateway.app import serve
+
+    workers = cfg.server.workers
+    if workers == 1:
+        return _run(serve(cfg))
+    from apigate.gateway.workers import run_workers
+
+    return run_workers(workers, lambda: _run(serve(cfg, reuse_port=True)))
+
+
+def _run(coro: object) -> int:
+    try:
+        result = uvloop.run(coro)  # type: ignore[arg-type]
+    except OSError as e:
+        print(f"apigate: cannot start: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return int(result)
+
+
+def cmd_demo(path: str | None, upstream_port: int) -> int:
+    cfg = _load(path)
+    if cfg is None:
+        return EXIT_CONFIG
+    events.configure(cfg.logging.level, cfg.logging.service, cfg.logging.format)
+    return _run(_demo(cfg, upstream_port))
+
+
+async def _demo(cfg: Config, upstream_port: int) -> int:
+    import signal
+
+    from apigate.demo.upstream import start_demo_upstream
+    from apigate.gateway.app import App
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    upstream = await start_demo_upstream("127.0.0.1", upstream_port)
+    app = App(cfg)
+    await app.start()
+    s = cfg.server
+    host = "127.0.0.1" if s.bind_address in ("0.0.0.0", "::") else s.bind_address
+    base = f"{'https' if s.tls else 'http'}://{host}:{s.port}"
+    print(
+        f"\napigate {__version__} demo\n"
+        f"  gateway   {base}\n"
+        f"  health    {base}/health/ready\n"
+        f"  upstream  http://127.0.0.1:{upstream_port}  (built-in demo service)\n"
+        f"  routes    {', '.join(f'{r.id} {r.path}' for r in cfg.routes)}\n\n"
+        f"  try:  curl -i {base}/api/users\n"
+        f"        curl -i -X POST -d 'hello' {base}/api/echo/anything\n\n"
+        "Ctrl-C stops both.\n",
+        flush=True,
+    )
+    await stop.wait()
+    await app.shutdown()
+    upstream.close()
+    await upstream.wait_closed()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return cmd_check(args.config)
+    if args.command == "serve":
+        return cmd_serve(args.config)
+    if args.command == "demo":
+        return cmd_demo(args.config, args.upstream_port)
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

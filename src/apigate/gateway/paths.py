@@ -1,0 +1,68 @@
+"""Request-target parsing and path normalisation (RFC 9112 §3.2, RFC 3986 §6).
+
+Routing and the upstream see one canonical path, so `/api/./users`, `/api//users` and
+`/api/%75sers` cannot slip past a route's rules or reach a path no route allows
+(Envoy's normalize_path + merge_slashes). Only unreserved characters are percent-decoded
+(RFC 3986 §6.2.2.2); `%2F` stays encoded, so decoding never changes the path's shape.
+"""
+
+from __future__ import annotations
+
+import re
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
+
+
+def split_target(target: bytes) -> tuple[str, bytes] | None:
+    """(normalised path, raw query with its '?') or None for a target we cannot route."""
+    q = target.find(b"?")
+    if q >= 0:
+        raw, query = target[:q], target[q:]
+    else:
+        raw, query = target, b""
+    if not raw.startswith(b"/"):
+        # absolute-form (RFC 9112 §3.2.2): keep only the path.
+        lower = raw[:8].lower()
+        if lower.startswith((b"http://", b"https://")):
+            slash = raw.find(b"/", raw.find(b"//") + 2)
+            raw = raw[slash:] if slash >= 0 else b"/"
+        else:
+            return None
+    if b"%" in raw or b"/." in raw or b"//" in raw:
+        normal = normalize_path(raw)
+        if normal is None:
+            return None
+        raw = normal
+    return raw.decode("latin-1"), query
+
+
+def _decode_unreserved(m: re.Match[bytes]) -> bytes:
+    byte = int(m.group(1), 16)
+    if byte in _UNRESERVED:
+        return bytes((byte,))
+    return b"%" + m.group(1).upper()
+
+
+def normalize_path(raw: bytes) -> bytes | None:
+    if b"%" in raw:
+        raw = _PCT.sub(_decode_unreserved, raw)
+        if b"%00" in raw:
+            return None
+    out: list[bytes] = []
+    segments = raw.split(b"/")[1:]
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == b".":
+            if last:
+                out.append(b"")
+        elif seg == b"..":
+            if out:
+                out.pop()
+            if last:
+                out.append(b"")
+        elif seg == b"" and not last:
+            continue  # merge '//'
+        else:
+            out.append(seg)
+    return b"/" + b"/".join(out)

@@ -1,0 +1,72 @@
+"""`server.workers: N`: N processes share the listening port with SO_REUSEPORT.
+
+The parent only supervises: it forwards SIGTERM/SIGINT to the workers, restarts a
+worker that dies unexpectedly (not one that fails within its first second, which is a
+configuration or bind problem, not a crash), and exits when all workers have exited.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+RESTART_MIN_UPTIME_S = 1.0
+
+
+def run_workers(count: int, worker: Callable[[], int]) -> int:
+    children: dict[int, float] = {}
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = worker()
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        children[pid] = time.monotonic()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for _ in range(count):
+        spawn()
+    exit_code = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        started = children.pop(pid, None)
+        if started is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            if code not in (0, -signal.SIGTERM):
+                exit_code = code if code > 0 else 1
+            continue
+        if time.monotonic() - started < RESTART_MIN_UPTIME_S:
+            # Failing at start-up (port taken, bad TLS file): restarting would only spin.
+            exit_code = code if code > 0 else 1
+            on_signal(signal.SIGTERM, None)
+            continue
+        print(f"apigate: worker {pid} exited with {code}; restarting", file=sys.stderr)
+        spawn()
+    return exit_code

@@ -1,0 +1,1 @@
+"""HTTP/1.1 on both sides: the listener (server.py) and the upstream pools (client.py)."""

@@ -1,0 +1,353 @@
+"""Upstream connections and their keep-alive pools (httpcore's shape, on asyncio.Protocol).
+
+An `UpstreamConnection` sends one request at a time and hands the parsed response to an
+`Exchange` (the proxy's side of the request) through plain method calls, so a response
+body goes from the upstream socket to the client socket without a task switch.
+
+The pool's assignment step is synchronous: `acquire_idle()` either returns a live idle
+connection or None, and never awaits, so two requests can never be handed the same
+connection. Idle connections are reused last-in-first-out: the most recently used one
+is the least likely to have been closed by the upstream's idle timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ssl
+from collections.abc import Callable
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import httptools
+
+from apigate.http.headers import CONTENT_LENGTH, TRANSFER_ENCODING, Headers
+
+# An idle connection older than this is closed rather than reused: many servers close
+# idle keep-alives after 5-75 s, and reusing one they are about to close costs a retry.
+POOL_IDLE_TIMEOUT_S = 30.0
+
+
+class UpstreamError(Exception):
+    """A failure talking to an upstream; `reason` is the metrics label."""
+
+    reason = "bad_response"
+    code = "bad_gateway"
+
+
+class ConnectFailed(UpstreamError):
+    reason = "connect"
+    code = "upstream_unavailable"
+
+
+class ConnectTimeout(UpstreamError):
+    reason = "timeout"
+    code = "upstream_timeout"
+
+
+class ConnectionReset(UpstreamError):
+    """The connection closed or reset before the response was complete."""
+
+    reason = "reset"
+    code = "upstream_unavailable"
+
+
+class BadResponse(UpstreamError):
+    reason = "bad_response"
+    code = "bad_gateway"
+
+
+class ResponseSink(Protocol):
+    """What an upstream connection reports to while a request is in flight."""
+
+    def on_upstream_head(self, status: int, headers: Headers, length: int | None) -> None: ...
+    def on_upstream_body(self, chunk: bytes) -> None: ...
+    def on_upstream_complete(self) -> None: ...
+    def on_upstream_failed(self, error: UpstreamError) -> None: ...
+
+
+class ConnState(enum.Enum):
+    CONNECTING = "connecting"
+    IDLE = "idle"
+    ACTIVE = "active"
+    CLOSED = "closed"
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpResponseParser(self)
+        self.state = ConnState.CONNECTING
+        self.requests = 0  # responses completed on this connection
+        self.idle_since = 0.0
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        # per response
+        self.sink: ResponseSink | None = None
+        self.head_only = False
+        self.headers: Headers = []
+        self.status = 0
+        self.length: int | None = None
+        self.until_close = False
+        self.keep_alive = True
+        self.got_head = False
+        self.reset_parser = False
+
+    def __repr__(self) -> str:
+        return f"<UpstreamConnection {self.pool.key} {self.state.value} requests={self.requests}>"
+
+    # ------------------------------------------------------------------ predicates
+    @property
+    def is_usable(self) -> bool:
+        """Idle, open, and not past POOL_IDLE_TIMEOUT_S."""
+        return (
+            self.state is ConnState.IDLE
+            and not self.transport.is_closing()
+            and self.loop.time() - self.idle_since < POOL_IDLE_TIMEOUT_S
+        )
+
+    # ------------------------------------------------------------------ request side
+    def send(self, sink: ResponseSink, head: bytes, head_only: bool) -> None:
+        """Start a request: the head now, the body (if any) through write_body()."""
+        self.state = ConnState.ACTIVE
+        self.sink = sink
+        self.head_only = head_only
+        self.got_head = False
+        if self.reset_parser:
+            # llhttp cannot be told a response answers HEAD, so after one it may still
+            # expect a body that never comes: start the next response on a fresh parser.
+            self.parser = httptools.HttpResponseParser(self)
+            self.reset_parser = False
+        self.transport.write(head)
+
+    def write_body(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.write_paused and self.state is not ConnState.CLOSED:
+            self.drain_waiter = self.loop.create_future()
+            await self.drain_waiter
+
+    def close(self) -> None:
+        if self.state is not ConnState.CLOSED:
+            self.state = ConnState.CLOSED
+            self.sink = None
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.state = ConnState.CLOSED
+        self.sink = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ------------------------------------------------------------------ protocol interface
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink is None:
+            # Bytes while idle are a protocol violation (or a late response): unusable.
+            self.close()
+            self.pool.forget(self)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(BadResponse("unexpected protocol upgrade"))
+        except httptools.HttpParserError as e:
+            self._fail(BadResponse(str(e)))
+
+    def eof_received(self) -> bool | None:
+        if self.sink is not None and self.got_head and self.until_close:
+            # RFC 9112 §6.3 rule 8: a body without length ends when the connection does.
+            self.keep_alive = False
+            self.on_message_complete()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = ConnState.CLOSED
+        self.pool.forget(self)
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_result(None)
+        if self.sink is not None:
+            self._fail(ConnectionReset("upstream closed the connection"))
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        w = self.drain_waiter
+        if w is not None:
+            self.drain_waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    def pause_reading(self) -> None:
+        if self.state is not ConnState.CLOSED:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.state is not ConnState.CLOSED:
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ parser callbacks
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.length = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            # Interim responses (100, 103) are not forwarded; llhttp parses the final one next.
+            self.headers = []
+            return
+        self.status = status
+        self.got_head = True
+        self.keep_alive = self.parser.should_keep_alive()
+        length: int | None = None
+        chunked = False
+        for name, value in self.headers:
+            if name == CONTENT_LENGTH:
+                length = int(value)
+            elif name == TRANSFER_ENCODING:
+                chunked = True
+        if chunked:
+            length = None
+        self.until_close = length is None and not chunked and status not in (204, 304) and not self.head_only
+        self.length = length
+        sink = self.sink
+        if sink is not None:
+            sink.on_upstream_head(status, self.headers, length)
+        if self.head_only:
+            self.reset_parser = True
+            self.on_message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.on_upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        sink = self.sink
+        if sink is None or not self.got_head:
+            return
+        self.sink = None
+        self.requests += 1
+        sink.on_upstream_complete()
+
+    def _fail(self, error: UpstreamError) -> None:
+        sink = self.sink
+        self.sink = None
+        if self.state is not ConnState.CLOSED:
+            self.abort()
+        if sink is not None:
+            sink.on_upstream_failed(error)
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream host (`pool_max_idle_per_host` idle at most)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        max_idle: int,
+        connect_timeout: float,
+        verify_tls: bool = True,
+        ca_path: str | None = None,
+    ) -> None:
+        parts = urlsplit(base_url)
+        self.loop = asyncio.get_event_loop()
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or (443 if self.tls else 80)
+        default_port = self.port == (443 if self.tls else 80)
+        self.key = f"{parts.scheme}://{self.host}:{self.port}"
+        netloc_host = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = (netloc_host if default_port else f"{netloc_host}:{self.port}").encode("idna")
+        self.base_path = parts.path.rstrip("/").encode("latin-1")
+        self.max_idle = max_idle
+        self.connect_timeout = connect_timeout
+        self.ssl: ssl.SSLContext | None = None
+        if self.tls:
+            ctx = ssl.create_default_context(cafile=ca_path)
+            if not verify_tls:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["http/1.1"])
+            self.ssl = ctx
+        self.idle: list[UpstreamConnection] = []
+        self.connecting = 0
+        self.active = 0
+
+    def __repr__(self) -> str:
+        return f"<UpstreamPool {self.key} idle={len(self.idle)} active={self.active} connecting={self.connecting}>"
+
+    def acquire_idle(self) -> UpstreamConnection | None:
+        """A reusable idle connection, or None. Synchronous: no other request can take it."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.is_usable:
+                conn.state = ConnState.ACTIVE
+                self.active += 1
+                return conn
+            conn.close()
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        """A new connection, within connect_timeout (TLS handshake included)."""
+        self.connecting += 1
+        try:
+            factory: Callable[[], UpstreamConnection] = lambda: UpstreamConnection(self)  # noqa: E731
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    _, conn = await self.loop.create_connection(
+                        factory,
+                        self.host,
+                        self.port,
+                        ssl=self.ssl,
+                        server_hostname=self.host if self.ssl else None,
+                    )
+            except TimeoutError:
+                raise ConnectTimeout(f"connect to {self.key} timed out") from None
+            except ssl.SSLError as e:
+                raise ConnectFailed(f"TLS to {self.key} failed: {e.reason}") from None
+            except OSError as e:
+                raise ConnectFailed(f"connect to {self.key} failed: {e.strerror or e}") from None
+        finally:
+            self.connecting -= 1
+        conn.state = ConnState.ACTIVE
+        self.active += 1
+        return conn
+
+    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        """Return a connection after its response; close it unless it can serve another."""
+        self.active -= 1
+        if (
+            reusable
+            and conn.keep_alive
+            and conn.state is ConnState.ACTIVE
+            and conn.sink is None
+            and len(self.idle) < self.max_idle
+        ):
+            conn.state = ConnState.IDLE
+            conn.idle_since = self.loop.time()
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """Called when a connection closes: it must never be handed out again."""
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()

@@ -1,0 +1,80 @@
+"""Header names and rules shared by the listener and the upstream client.
+
+Header names are handled as lowercase bytes everywhere after the parser: HTTP field
+names are case-insensitive (RFC 9110 §5.1), HTTP/2 and HTTP/3 lowercase them on the
+wire, and comparing one canonical form is cheaper than case-folding on every lookup.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1: a proxy removes Connection, every field Connection names, and the
+# fields that are hop-by-hop by definition. Proxy-Connection is not standard but old
+# clients still send it (nginx and Envoy drop it too).
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"trailer",
+    }
+)
+
+HOST = b"host"
+CONNECTION = b"connection"
+CONTENT_LENGTH = b"content-length"
+TRANSFER_ENCODING = b"transfer-encoding"
+EXPECT = b"expect"
+X_REQUEST_ID = b"x-request-id"
+X_FORWARDED_FOR = b"x-forwarded-for"
+X_FORWARDED_PROTO = b"x-forwarded-proto"
+X_FORWARDED_HOST = b"x-forwarded-host"
+
+# Headers the gateway itself sets on the upstream request; a client's copies are dropped
+# so a client cannot forge them (X-Forwarded-For is appended to, not replaced).
+GATEWAY_SET_REQUEST: frozenset[bytes] = frozenset({HOST, X_REQUEST_ID, X_FORWARDED_PROTO, X_FORWARDED_HOST})
+
+MAX_REQUEST_ID_CHARS = 128
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(status: int) -> bytes:
+    """`HTTP/1.1 <code> <reason>\\r\\n`, cached per code."""
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason.encode("ascii"))
+        if 100 <= status <= 999:
+            _STATUS_LINES[status] = line
+    return line
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    """The lowercase option names in a Connection header value (RFC 9110 §7.6.1)."""
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+def is_sane_request_id(value: bytes) -> bool:
+    """A client's X-Request-ID is kept only when it is 1-128 visible ASCII characters.
+
+    Anything else (empty, too long, spaces, control or non-ASCII bytes) could smuggle
+    log lines or blow up label storage downstream, so the gateway generates its own.
+    """
+    if not value or len(value) > MAX_REQUEST_ID_CHARS:
+        return False
+    return all(0x21 <= b <= 0x7E for b in value)
+
+
+def encode_headers(headers: Headers) -> bytes:
+    """Serialise a header block (without the terminating empty line)."""
+    return b"".join([b"%s: %s\r\n" % (n, v) for n, v in headers])

@@ -1,0 +1,559 @@
+"""The listener: HTTP/1.1 on asyncio.Protocol + httptools (llhttp).
+
+One `HttpServerProtocol` per client connection holds the connection's state; each request
+is a `RequestCycle` handed to the handler coroutine (the gateway), which answers through
+the cycle's response methods. The listener knows nothing about routes or filters.
+
+Shape taken from uvicorn's httptools_impl: pipelined requests wait in a deque and are
+answered strictly in order (RFC 9112 §9.3.2); reading pauses when a request body or the
+pipeline backs up; writing backpressure is forwarded to whoever produces the response
+body (the upstream connection) through `RequestCycle.flow`.
+
+Timeouts cost nothing per request: one watchdog timer per connection fires at the
+earliest pending deadline and re-arms itself; a request only stores float deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import httptools
+
+from apigate.gateway.errors import error_body, error_headers
+from apigate.http.body import BodyReader
+from apigate.http.errors import HttpError
+from apigate.http.headers import (
+    CONTENT_LENGTH,
+    EXPECT,
+    Headers,
+    encode_headers,
+    status_line,
+)
+
+log = logging.getLogger("apigate.http")
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+MAX_PIPELINED = 32  # queued requests per connection before reading pauses
+
+
+class FlowTarget(Protocol):
+    """Whoever produces a response body: paused while the client cannot keep up."""
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class Limits:
+    """Per-listener limits, copied from `server.*` once."""
+
+    __slots__ = ("idle_timeout", "max_body_bytes", "max_connections", "max_header_bytes", "request_timeout")
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        idle_timeout: float,
+        request_timeout: float,
+        max_header_bytes: int,
+        max_body_bytes: int,
+    ) -> None:
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        self.max_header_bytes = max_header_bytes
+        self.max_body_bytes = max_body_bytes
+
+
+class ServerState:
+    """Process-wide listener state shared by every connection."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.connections: set[HttpServerProtocol] = set()
+        self.draining = False
+        self.in_flight = 0
+
+    def drain(self) -> None:
+        """Stop keep-alive everywhere: idle connections close now, busy ones after their response."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.shutdown()
+
+
+Handler = Callable[["RequestCycle"], Awaitable[None]]
+
+
+class RequestCycle:
+    """One request and its response on a client connection."""
+
+    __slots__ = (
+        "body",
+        "chunked_response",
+        "client",
+        "content_length",
+        "deadline",
+        "expect_continue",
+        "flow",
+        "headers",
+        "http_version",
+        "keep_alive",
+        "method",
+        "proto",
+        "request_complete",
+        "request_id",
+        "response_complete",
+        "response_started",
+        "scheme",
+        "status",
+        "target",
+        "task",
+        "timed_out",
+        "upstream_deadline",
+        "write_body",
+    )
+
+    def __init__(
+        self,
+        proto: HttpServerProtocol,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        http_version: str,
+        keep_alive: bool,
+        content_length: int | None,
+        body: BodyReader | None,
+        deadline: float,
+    ) -> None:
+        self.proto = proto
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.http_version = http_version
+        self.keep_alive = keep_alive
+        self.content_length = content_length
+        self.body = body
+        self.client = proto.client_ip
+        self.scheme = proto.scheme
+        self.deadline = deadline
+        self.upstream_deadline = 0.0  # set by the proxy while it waits on an upstream
+        self.request_complete = body is None
+        self.expect_continue = False
+        self.response_started = False
+        self.response_complete = False
+        self.chunked_response = False
+        self.write_body = method != "HEAD"
+        self.status = 0
+        self.request_id: str | None = None  # set by the gateway; the correlation id
+        self.flow: FlowTarget | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timed_out = False
+
+    # ------------------------------------------------------------------ response API
+    def send_response(self, status: int, headers: Headers, body: bytes) -> None:
+        """A complete response with a known body (errors, local replies)."""
+        self.start_response(status, headers, len(body))
+        if body and self.write_body:
+            self.proto.transport.write(body)
+        self.end()
+
+    def start_response(self, status: int, headers: Headers, content_length: int | None) -> None:
+        """Write the status line and headers; `content_length=None` means a streamed body."""
+        assert not self.response_started
+        self.response_started = True
+        self.status = status
+        if self.proto.closing or not self.request_complete or self.proto.state.draining:
+            # An unread request body leaves the connection unusable; draining ends keep-alive.
+            self.keep_alive = False
+        extra: Headers = []
+        if content_length is not None:
+            extra.append((CONTENT_LENGTH, b"%d" % content_length))
+        elif status >= 200 and status not in (204, 304) and self.write_body:
+            if self.http_version == "1.1":
+                self.chunked_response = True
+                extra.append((b"transfer-encoding", b"chunked"))
+            else:
+                # HTTP/1.0 has no chunked coding: the end of the body is the close.
+                self.keep_alive = False
+        if not self.keep_alive:
+            extra.append((b"connection", b"close"))
+        elif self.http_version == "1.0":
+            extra.append((b"connection", b"keep-alive"))
+        self.proto.transport.write(
+            b"".join((status_line(status), encode_headers(headers), encode_headers(extra), b"\r\n"))
+        )
+
+    def write(self, chunk: bytes) -> None:
+        if not self.write_body or not chunk or self.proto.closing:
+            return
+        if self.chunked_response:
+            self.proto.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            self.proto.transport.write(chunk)
+
+    def end(self) -> None:
+        if self.response_complete:
+            return
+        self.response_complete = True
+        if self.chunked_response:
+            self.proto.transport.write(b"0\r\n\r\n")
+
+    def send_error(self, code: str, correlation_id: str | None, extra: Headers | None = None) -> None:
+        status, body = error_body(code, correlation_id)
+        self.send_response(status, error_headers(extra), body)
+
+    def send_continue(self) -> None:
+        """Answer `Expect: 100-continue` once the gateway decides to read the body (RFC 9110 §10.1.1)."""
+        if self.expect_continue and not self.response_started:
+            self.expect_continue = False
+            self.proto.transport.write(CONTINUE_100)
+
+
+class HttpServerProtocol(asyncio.Protocol):
+    """A client connection: parser callbacks in, request cycles out."""
+
+    def __init__(self, handler: Handler, state: ServerState, scheme: str = "http") -> None:
+        # global
+        self.handler = handler
+        self.state = state
+        self.limits = state.limits
+        self.loop = asyncio.get_running_loop()
+        self.scheme = scheme
+        # per connection
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = ""
+        self.closing = False
+        self.read_paused = False
+        self.write_paused = False
+        self.active: RequestCycle | None = None
+        self.pipeline: deque[RequestCycle] = deque()
+        self.last_activity = 0.0
+        self.watch_at = 0.0
+        self.watchdog: asyncio.TimerHandle | None = None
+        # per request (being parsed)
+        self.url = b""
+        self.headers: Headers = []
+        self.header_bytes = 0
+        self.in_headers = False
+        self.request_start = 0.0
+        self.parsing: RequestCycle | None = None
+
+    # ------------------------------------------------------------------ protocol interface
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) else "unix"
+        self.last_activity = self.loop.time()
+        if len(self.state.connections) >= self.limits.max_connections or self.state.draining:
+            # Over the limit: answer 503 rather than a silent RST, so clients see why.
+            status, body = error_body("overloaded" if not self.state.draining else "draining", None)
+            head = status_line(status) + encode_headers(error_headers()) + b"content-length: %d\r\n" % len(body)
+            transport.write(head + b"connection: close\r\n\r\n" + body)
+            self.closing = True
+            transport.close()
+            return
+        self.state.connections.add(self)
+        self._arm(self.last_activity + self.limits.idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.state.connections.discard(self)
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+        for cycle in (self.active, *self.pipeline):
+            if cycle is not None:
+                if cycle.body is not None:
+                    cycle.body.abort()
+                if cycle.task is not None and not cycle.task.done():
+                    cycle.task.cancel()
+        self.pipeline.clear()
+
+    def eof_received(self) -> bool | None:
+        # A client may half-close after its last request (`shutdown(SHUT_WR)`); keep the
+        # write side open to answer what is in flight, then close.
+        if self.active is not None:
+            self.active.keep_alive = False
+            for cycle in self.pipeline:
+                cycle.keep_alive = False
+            if self.parsing is not None and self.parsing.body is not None:
+                self.parsing.body.abort()
+            return True
+        return None
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.in_headers:
+            self.header_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except HttpError as e:
+            self._fail(e.code)
+            return
+        except httptools.HttpParserUpgrade:
+            # No protocol switching: the request is proxied as plain HTTP (Upgrade is
+            # hop-by-hop and dropped), and the connection closes after it.
+            if self.parsing is not None:
+                self.parsing.keep_alive = False
+            for cycle in (self.active, *self.pipeline):
+                if cycle is not None:
+                    cycle.keep_alive = False
+            return
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            self._fail(cause.code if isinstance(cause, HttpError) else "bad_request")
+            return
+        except httptools.HttpParserError:
+            self._fail("bad_request")
+            return
+        if self.in_headers and self.header_bytes > self.limits.max_header_bytes:
+            self._fail("headers_too_large")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        cycle = self.active
+        if cycle is not None and cycle.flow is not None:
+            cycle.flow.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        cycle = self.active
+        if cycle is not None and cycle.flow is not None:
+            cycle.flow.resume_reading()
+
+    # ------------------------------------------------------------------ parser callbacks
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.header_bytes = 0
+        self.in_headers = True
+        self.request_start = self.loop.time()
+        if self.active is None:
+            self._arm(self.request_start + self.limits.request_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limits.max_header_bytes:
+            raise HttpError("headers_too_large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise HttpError("headers_too_large")
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.in_headers = False
+        parser = self.parser
+        method: str = parser.get_method().decode("ascii")
+        content_length: int | None = None
+        expect = False
+        chunked = False
+        for name, value in self.headers:
+            if name == CONTENT_LENGTH:
+                content_length = int(value)  # llhttp already rejected non-numeric values
+            elif name == EXPECT:
+                if value.lower() != b"100-continue":
+                    raise HttpError("bad_request")
+                expect = True
+            elif name == b"transfer-encoding":
+                chunked = True
+        body: BodyReader | None = None
+        if chunked or (content_length is not None and content_length > 0):
+            max_body = self.limits.max_body_bytes
+            if max_body and content_length is not None and content_length > max_body:
+                raise HttpError("payload_too_large")
+            body = BodyReader(self, max_body)
+        cycle = RequestCycle(
+            self,
+            method,
+            self.url,
+            self.headers,
+            parser.get_http_version(),
+            parser.should_keep_alive() and not self.state.draining,
+            None if chunked else content_length,
+            body,
+            self.request_start + self.limits.request_timeout,
+        )
+        cycle.expect_continue = expect
+        self.parsing = cycle
+        if self.active is None:
+            self._start(cycle)
+        else:
+            self.pipeline.append(cycle)
+            if len(self.pipeline) >= MAX_PIPELINED:
+                self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        if cycle is not None and cycle.body is not None:
+            cycle.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self.parsing
+        if cycle is None:
+            return
+        self.parsing = None
+        cycle.request_complete = True
+        if cycle.body is not None:
+            cycle.body.finish()
+
+    # ------------------------------------------------------------------ cycle management
+    def _start(self, cycle: RequestCycle) -> None:
+        self.active = cycle
+        self.state.in_flight += 1
+        if cycle.deadline < self.watch_at or self.watchdog is None:
+            self._arm(cycle.deadline)
+        cycle.task = self.loop.create_task(self._run(cycle))
+
+    async def _run(self, cycle: RequestCycle) -> None:
+        try:
+            await self.handler(cycle)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("request handler failed")
+            if not cycle.response_started and not self.closing:
+                cycle.keep_alive = False
+                cycle.send_error("internal_error", None)
+        finally:
+            self._finish(cycle)
+
+    def _finish(self, cycle: RequestCycle) -> None:
+        self.state.in_flight -= 1
+        cycle.flow = None
+        if self.closing:
+            return
+        if not cycle.response_complete or not cycle.keep_alive or not cycle.request_complete:
+            self._close()
+            return
+        self.active = None
+        self.last_activity = self.loop.time()
+        if self.pipeline:
+            self._start(self.pipeline.popleft())
+            if self.read_paused and len(self.pipeline) < MAX_PIPELINED // 2:
+                self.resume_reading()
+        elif self.parsing is None and self.read_paused:
+            self.resume_reading()
+
+    def _fail(self, code: str) -> None:
+        """A protocol-level error: answer it if the client is owed an answer, then close."""
+        active = self.active
+        if active is not None and self.parsing is active:
+            # The request being handled broke its own framing or limits (e.g. body too large).
+            active.keep_alive = False
+            if active.task is not None:
+                active.task.cancel()
+            if not active.response_started:
+                active.send_error(code, active.request_id)
+        elif active is None and not self.pipeline:
+            status, body = error_body(code, None)
+            head = status_line(status) + encode_headers(error_headers())
+            self.transport.write(head + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+        else:
+            # Earlier pipelined requests are still being answered; the bad one ends the connection.
+            for cycle in (self.active, *self.pipeline):
+                if cycle is not None:
+                    cycle.keep_alive = False
+            self.parsing = None
+            self.pause_reading()
+            return
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.transport.close()
+
+    def abort_response(self) -> None:
+        """The response broke after it started: closing is the only way to tell the client."""
+        self._close()
+
+    def shutdown(self) -> None:
+        """Drain: close if idle, else let the active response finish with `connection: close`."""
+        if self.active is None and self.parsing is None:
+            self._close()
+            return
+        for cycle in (self.active, *self.pipeline):
+            if cycle is not None:
+                cycle.keep_alive = False
+
+    # ------------------------------------------------------------------ flow control
+    def pause_reading(self) -> None:
+        if not self.read_paused and not self.closing:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and not self.closing:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ timeouts
+    def watch(self, when: float) -> None:
+        """Make sure the watchdog fires no later than `when`."""
+        if self.watchdog is None or when < self.watch_at:
+            self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        self.watch_at = when
+        self.watchdog = self.loop.call_at(when, self._on_watchdog)
+
+    def _on_watchdog(self) -> None:
+        self.watchdog = None
+        if self.closing:
+            return
+        now = self.loop.time()
+        cycle = self.active
+        if cycle is not None:
+            if not cycle.response_started:
+                deadline = cycle.deadline
+                if cycle.upstream_deadline and cycle.upstream_deadline < deadline:
+                    deadline = cycle.upstream_deadline
+                if now >= deadline:
+                    self._timeout(cycle)
+                    return
+                self._arm(deadline)
+            elif cycle.upstream_deadline:
+                if now >= cycle.upstream_deadline:
+                    # The upstream stalled mid-body: nothing to answer with, cut both sides.
+                    self._close()
+                    return
+                self._arm(cycle.upstream_deadline)
+            else:
+                self._arm(now + self.limits.request_timeout)
+        elif self.in_headers or self.parsing is not None:
+            deadline = self.request_start + self.limits.request_timeout
+            if now >= deadline:
+                self._fail("request_timeout")
+                return
+            self._arm(deadline)
+        else:
+            deadline = self.last_activity + self.limits.idle_timeout
+            if now >= deadline:
+                self._close()
+                return
+            self._arm(deadline)
+
+    def _timeout(self, cycle: RequestCycle) -> None:
+        """Whole-request or upstream deadline passed before any response was sent."""
+        cycle.timed_out = True
+        cycle.keep_alive = False
+        late_client = not cycle.request_complete
+        if cycle.task is not None:
+            cycle.task.cancel()
+        cycle.send_error("request_timeout" if late_client else "upstream_timeout", cycle.request_id)
+
+
+def make_protocol_factory(handler: Handler, state: ServerState, scheme: str) -> Callable[[], Any]:
+    def factory() -> HttpServerProtocol:
+        return HttpServerProtocol(handler, state, scheme)
+
+    return factory

@@ -1,0 +1,1 @@
+"""Structured log events (the full pipeline with sinks arrives with the Logging work)."""
