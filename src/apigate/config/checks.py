@@ -1,0 +1,244 @@
+"""Checks that span keys or touch the filesystem, run after (and beside) the schema.
+
+A schema validates each key on its own; these catch what only shows when keys are read
+together (a route naming no upstream, two routes claiming the same path and method, the
+metrics listener on the proxy's port, an HS256 verifier without a secret) or against the
+machine (TLS files that are missing, unreadable or do not belong together).
+
+They read the *raw* data, not a validated ``Config``: one mistake elsewhere in the file
+must not hide these, since the promise is every error in one run. So each check takes
+only values of the right shape and skips the rest (the schema reports those), coercing
+like pydantic's lax mode where a value may come from ``${VAR}`` as a string.
+
+Relative file paths are checked relative to ``base_dir`` (the config file's directory);
+the values themselves are kept as written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from apigate.config.errors import KeyPath, Problem
+from apigate.config.schema import HTTP_METHODS, AuthConfig, ObservabilityConfig, ServerConfig
+from apigate.config.yamlpos import Document
+
+T = TypeVar("T")
+_PARAM = re.compile(r"\{[^/{}]*\}")
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def cross_check(data: object, doc: Document, base_dir: str) -> list[Problem]:
+    """Every cross-key and filesystem problem in ``data``."""
+    if not isinstance(data, dict):
+        return []
+    c = _Checker(data, doc, base_dir)
+    c.ids("upstreams", "upstream")
+    c.ids("routes", "route")
+    c.route_upstreams()
+    c.ambiguous_routes()
+    c.metrics_port()
+    c.tls()
+    c.upstream_cas()
+    c.auth()
+    return c.problems
+
+
+def _default(model: type[BaseModel], name: str) -> Any:
+    return model.model_fields[name].default
+
+
+def _annotation(model: type[BaseModel], name: str) -> Any:
+    return model.model_fields[name].annotation
+
+
+def _coerce(value: object, tp: Any, default: T) -> T | None:
+    """``value`` as ``tp`` in pydantic's lax mode, ``default`` if absent, None if invalid."""
+    if value is None:
+        return default
+    try:
+        result: T = TypeAdapter(tp).validate_python(value)
+        return result
+    except ValidationError:
+        return None
+
+
+class _Checker:
+    def __init__(self, data: dict[str, Any], doc: Document, base_dir: str) -> None:
+        self.data = data
+        self.doc = doc
+        self.base_dir = base_dir
+        self.problems: list[Problem] = []
+
+    def add(self, path: KeyPath, message: str) -> None:
+        self.problems.append(Problem(self.doc.line_of(path), path, message))
+
+    def section(self, *keys: str) -> dict[str, Any]:
+        node: object = self.data
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node if isinstance(node, dict) else {}
+
+    def items(self, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+        items = self.data.get(name)
+        if isinstance(items, list):
+            for i, item in enumerate(items):
+                if isinstance(item, dict):
+                    yield i, item
+
+    # ------------------------------------------------------------------ ids and routes
+    def ids(self, section: str, what: str) -> None:
+        first: dict[str, int] = {}
+        for i, item in self.items(section):
+            ident = item.get("id")
+            if not isinstance(ident, str):
+                continue
+            if ident in first:
+                line = self.doc.line_of((section, first[ident], "id"))
+                self.add((section, i, "id"), f"duplicate {what} id '{ident}' (first on line {line})")
+            else:
+                first[ident] = i
+
+    def route_upstreams(self) -> None:
+        if not isinstance(self.data.get("upstreams", []), list):
+            return
+        known = {u.get("id") for _, u in self.items("upstreams")}
+        for i, route in self.items("routes"):
+            target = route.get("upstream_id")
+            if isinstance(target, str) and target not in known:
+                self.add(("routes", i, "upstream_id"), f"unknown upstream '{target}'")
+
+    def ambiguous_routes(self) -> None:
+        seen: dict[str, list[tuple[int, str, set[str]]]] = {}
+        for i, route in self.items("routes"):
+            path, methods = route.get("path"), route.get("methods", list(HTTP_METHODS))
+            if not isinstance(path, str) or not isinstance(methods, list):
+                continue
+            wanted = {m.upper() for m in methods if isinstance(m, str)}
+            shape = _PARAM.sub("{}", path)
+            for j, other_id, other_methods in seen.get(shape, []):
+                both = [m for m in HTTP_METHODS if m in wanted & other_methods]
+                if both:
+                    shown = "all methods" if len(both) == len(HTTP_METHODS) else ", ".join(both)
+                    line = self.doc.line_of(("routes", j))
+                    self.add(
+                        ("routes", i, "path"),
+                        f"ambiguous: route '{other_id}' (line {line}) already serves {shown} on {path}",
+                    )
+            seen.setdefault(shape, []).append((i, str(route.get("id", f"routes[{i}]")), wanted))
+
+    # ------------------------------------------------------------------ ports
+    def metrics_port(self) -> None:
+        server, obs = self.section("server"), self.section("observability")
+        enabled = _coerce(obs.get("metrics_enabled"), bool, _default(ObservabilityConfig, "metrics_enabled"))
+        port = _coerce(server.get("port"), int, _default(ServerConfig, "port"))
+        mport = _coerce(obs.get("metrics_port"), int, _default(ObservabilityConfig, "metrics_port"))
+        bind = _coerce(server.get("bind_address"), str, _default(ServerConfig, "bind_address"))
+        mbind = _coerce(obs.get("metrics_bind_address"), str, bind)
+        if not enabled or port is None or port != mport or bind is None or mbind is None:
+            return
+        if bind == mbind or bind in _WILDCARDS or mbind in _WILDCARDS:
+            path: KeyPath = ("observability", "metrics_port")
+            if path not in self.doc.lines:
+                path = ("server", "port")
+            self.add(
+                path,
+                f"server.port and observability.metrics_port are both {port}; each listener needs its own",
+            )
+
+    # ------------------------------------------------------------------ files
+    def resolve(self, value: str) -> str:
+        return value if os.path.isabs(value) else os.path.join(self.base_dir, value)
+
+    def readable(self, path: KeyPath, value: object) -> str | None:
+        """The resolved file name if it can be read, else None after reporting why."""
+        if not isinstance(value, str):
+            return None
+        name = self.resolve(value)
+        shown = value if name == value else f"{value} (resolved to {name})"
+        try:
+            with open(name, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            self.add(path, f"cannot read {shown}: {e.strerror or e}")
+            return None
+        return name
+
+    def tls(self) -> None:
+        tls = self.section("server", "tls")
+        cert = self.readable(("server", "tls", "cert_path"), tls.get("cert_path"))
+        key = self.readable(("server", "tls", "key_path"), tls.get("key_path"))
+        if cert is None or key is None:
+            return
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_verify_locations(cafile=cert)
+        except ssl.SSLError:
+            self.add(("server", "tls", "cert_path"), f"no PEM certificate in {tls['cert_path']}")
+            return
+        asked: list[bool] = []
+
+        def password() -> bytes:
+            asked.append(True)
+            return b""
+
+        try:
+            ctx.load_cert_chain(cert, key, password=password)
+        except (ssl.SSLError, ValueError) as e:
+            reason = getattr(e, "reason", None) or str(e)
+            if "KEY_VALUES_MISMATCH" in reason:
+                self.add(
+                    ("server", "tls", "key_path"), "private key does not match the certificate in cert_path"
+                )
+            elif "TOO_SMALL" in reason or "TOO_WEAK" in reason:
+                self.add(("server", "tls", "cert_path"), f"certificate rejected by OpenSSL: {reason}")
+            elif asked:
+                self.add(
+                    ("server", "tls", "key_path"), "private key is encrypted; apigate needs it unencrypted"
+                )
+            else:
+                self.add(
+                    ("server", "tls", "key_path"),
+                    f"no usable PEM private key in {tls['key_path']} ({reason})",
+                )
+
+    def upstream_cas(self) -> None:
+        for i, upstream in self.items("upstreams"):
+            path: KeyPath = ("upstreams", i, "ca_path")
+            name = self.readable(path, upstream.get("ca_path"))
+            if name is not None:
+                try:
+                    ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=name)
+                except ssl.SSLError:
+                    self.add(path, f"no PEM certificate in {upstream['ca_path']}")
+
+    # ------------------------------------------------------------------ auth
+    def auth(self) -> None:
+        auth = self.data.get("auth")
+        if not isinstance(auth, dict):
+            for i, route in self.items("routes"):
+                if _coerce(route.get("auth_required"), bool, False):
+                    self.add(
+                        ("routes", i, "auth_required"), "true, but there is no auth: section to verify tokens"
+                    )
+            return
+        fmt = _coerce(auth.get("token_format"), _annotation(AuthConfig, "token_format"), "jwt")
+        alg = _coerce(auth.get("jwt_algorithm"), _annotation(AuthConfig, "jwt_algorithm"), "HS256")
+        if fmt != "jwt" or alg is None:
+            return
+        if alg.startswith("HS"):
+            if not isinstance(auth.get("jwt_secret"), str) or not auth["jwt_secret"]:
+                self.add(("auth", "jwt_secret"), f"required (and not empty) when jwt_algorithm is {alg}")
+            return
+        has_key = isinstance(auth.get("jwt_public_key_path"), str) and auth["jwt_public_key_path"]
+        has_jwks = isinstance(auth.get("jwks_url"), str) and auth["jwks_url"]
+        if not has_key and not has_jwks:
+            where: KeyPath = ("auth", "jwt_algorithm") if "jwt_algorithm" in auth else ("auth",)
+            self.add(where, f"{alg} needs jwt_public_key_path or jwks_url")
+        if has_key:
+            self.readable(("auth", "jwt_public_key_path"), auth["jwt_public_key_path"])

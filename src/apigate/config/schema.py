@@ -1,0 +1,363 @@
+"""Typed configuration: one pydantic model per YAML section.
+
+Every key the operational guide shows is accepted here, including sections whose
+behaviour later parts of apigate implement. `extra="forbid"` everywhere: a typo is an
+error that names the key, never a silently ignored setting. Field descriptions are the
+"meaning" column of docs/CONFIGURATION.md (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveSecs = Annotated[float, Field(gt=0)]
+LogLevel = Literal["DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL"]
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
+_KEY_TYPE = re.compile(r"^(ip|user|route|api_key|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- server
+class TlsConfig(Section):
+    cert_path: str = Field(description="PEM certificate chain served to clients.")
+    key_path: str = Field(description="PEM private key for cert_path.")
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="Lowest TLS version accepted.")
+
+    @field_validator("min_version", mode="before")
+    @classmethod
+    def _version_as_text(cls, v: object) -> object:
+        # YAML reads an unquoted `min_version: 1.2` as a float; take it as the version it names.
+        return str(v) if isinstance(v, float) else v
+
+
+class ServerConfig(Section):
+    bind_address: str = Field("0.0.0.0", description="Address the proxy listener binds.")
+    port: Port = Field(8080, description="Port of the proxy listener.")
+    workers: int = Field(1, ge=1, le=256, description="Worker processes sharing the port (SO_REUSEPORT).")
+    max_connections: int = Field(
+        10000, ge=1, description="Open client connections per worker; beyond it new ones get 503 and close."
+    )
+    connection_timeout_secs: PositiveSecs = Field(
+        60, description="Idle keep-alive timeout: a client connection with no request in flight is closed."
+    )
+    request_timeout_secs: PositiveSecs = Field(
+        30, description="Whole-request deadline: 408 if the client is late, 504 if the upstream is."
+    )
+    max_header_bytes: int = Field(
+        32768, ge=1024, description="Request line plus headers, in bytes; beyond it 431."
+    )
+    max_body_bytes: int = Field(
+        2 * 1024**3, ge=0, description="Request body size in bytes (0 = unlimited); beyond it 413."
+    )
+    drain_timeout_secs: PositiveSecs = Field(
+        30, description="On SIGTERM/SIGINT, how long in-flight requests may finish before being cut."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="CIDRs whose X-Forwarded-For is believed for the client ip."
+    )
+    tls: TlsConfig | None = Field(None, description="Serve HTTPS on the proxy listener.")
+
+
+# ----------------------------------------------------------------------------- logging
+class ElasticsearchSink(Section):
+    urls: list[str] = Field(
+        min_length=1, description="Elasticsearch base URLs; the first healthy one is used."
+    )
+    index: str = Field(
+        "api-gateway-logs-%Y.%m.%d", description="Index name, strftime pattern on event UTC time."
+    )
+    batch_size: int = Field(100, ge=1, description="Events per _bulk request.")
+    flush_interval_secs: PositiveSecs = Field(5, description="Longest time an event waits for a batch.")
+    username: str | None = Field(None, description="Basic auth user.")
+    password: str | None = Field(None, description="Basic auth password.")
+    api_key: str | None = Field(None, description="Elasticsearch API key (instead of basic auth).")
+    verify_tls: bool = Field(True, description="Verify the server certificate.")
+
+
+class CloudWatchSink(Section):
+    region: str = Field(description="AWS region.")
+    log_group: str = Field(description="Log group, created when missing.")
+    log_stream: str = Field(
+        "gateway-{instance_id}", description="Log stream; {instance_id}, {hostname}, {pid} are filled in."
+    )
+    batch_size: int = Field(100, ge=1, le=10000, description="Events per PutLogEvents call.")
+    flush_interval_secs: PositiveSecs = Field(5, description="Longest time an event waits for a batch.")
+    endpoint_url: str | None = Field(
+        None, description="Override the AWS endpoint (e.g. a local test server)."
+    )
+
+
+class SplunkSink(Section):
+    endpoint: str = Field(description="HEC URL, e.g. https://splunk:8088/services/collector.")
+    token: str = Field(description="HEC token, sent as 'Authorization: Splunk <token>'.")
+    sourcetype: str = Field("api_gateway", description="Splunk sourcetype.")
+    index: str | None = Field(None, description="Splunk index.")
+    batch_size: int = Field(100, ge=1, description="Events per HEC request.")
+    flush_interval_secs: PositiveSecs = Field(5, description="Longest time an event waits for a batch.")
+    ack: bool = Field(False, description="Use HEC indexer acknowledgement.")
+    verify_tls: bool = Field(True, description="Verify the server certificate.")
+
+
+class FileSink(Section):
+    path: str = Field(description="Log file path.")
+    rotation_enabled: bool = Field(True, description="Rotate the file by size.")
+    max_size_mb: float = Field(100, gt=0, description="Rotate when the file reaches this size.")
+    max_backups: int = Field(10, ge=0, description="Rotated files kept.")
+    max_age_days: float = Field(30, ge=0, description="Rotated files older than this are deleted (0 = keep).")
+    compress: bool = Field(True, description="gzip rotated files.")
+
+
+SinkType = Literal["stdout", "file", "elasticsearch", "cloudwatch", "splunk"]
+
+
+class SinkConfig(Section):
+    type: SinkType = Field(description="stdout, file, elasticsearch, cloudwatch or splunk.")
+    enabled: bool = Field(True, description="A disabled sink is accepted and ignored.")
+    min_level: LogLevel = Field("INFO", description="Events below this level are not sent to this sink.")
+    file: FileSink | None = Field(None, description="Settings for type: file.")
+    elasticsearch: ElasticsearchSink | None = Field(None, description="Settings for type: elasticsearch.")
+    cloudwatch: CloudWatchSink | None = Field(None, description="Settings for type: cloudwatch.")
+    splunk: SplunkSink | None = Field(None, description="Settings for type: splunk.")
+
+    @model_validator(mode="after")
+    def _block_matches_type(self) -> SinkConfig:
+        blocks = ("file", "elasticsearch", "cloudwatch", "splunk")
+        for name in blocks:
+            if name != self.type and getattr(self, name) is not None:
+                raise ValueError(f"'{name}' settings given on a sink of type '{self.type}'")
+        if self.type != "stdout" and getattr(self, self.type) is None:
+            raise ValueError(f"a sink of type '{self.type}' needs a '{self.type}:' block")
+        return self
+
+
+def _default_sinks() -> list[SinkConfig]:
+    return [SinkConfig(type="stdout")]
+
+
+class LoggingConfig(Section):
+    level: LogLevel = Field("INFO", description="Lowest level emitted at all.")
+    format: Literal["json", "text"] = Field("json", description="Event encoding on stdout and file sinks.")
+    structured: bool = Field(True, description="Emit structured events (fields, not just a message).")
+    redaction_enabled: bool = Field(
+        True, description="Mask tokens, keys, passwords and e-mails before sinks."
+    )
+    sampling_rate: float = Field(
+        1.0, ge=0, le=1, description="Share of successful (2xx/3xx) access events logged; errors always are."
+    )
+    service: str = Field("api-gateway", description="The 'service' field of every event.")
+    log_health_checks: bool = Field(False, description="Log /health/* requests too.")
+    spool_dir: str = Field("/var/lib/apigate/spool", description="Disk spool for events a sink cannot take.")
+    spool_max_mb: float = Field(512, gt=0, description="Spool size bound per sink; oldest dropped beyond it.")
+    sinks: list[SinkConfig] = Field(default_factory=_default_sinks, description="Where events go.")
+
+
+# ----------------------------------------------------------------------------- observability
+class HealthChecksConfig(Section):
+    liveness_enabled: bool = Field(True, description="Serve /health/live.")
+    readiness_enabled: bool = Field(True, description="Serve /health/ready.")
+    check_redis: bool = Field(False, description="Readiness requires a Redis PING.")
+    check_upstreams: bool = Field(False, description="Readiness requires every upstream to answer.")
+
+
+class TracingConfig(Section):
+    enabled: bool = Field(False, description="Export OpenTelemetry spans.")
+    backend: Literal["otlp", "jaeger"] = Field("otlp", description="otlp, or jaeger (spans sent as OTLP).")
+    endpoint: str | None = Field(
+        None, description="Collector URL (OTLP/HTTP, e.g. http://jaeger:4318/v1/traces)."
+    )
+    service_name: str = Field("api-gateway", description="service.name resource attribute.")
+    sampling_rate: float = Field(1.0, ge=0, le=1, description="Parent-based ratio sampler.")
+
+
+class ObservabilityConfig(Section):
+    metrics_enabled: bool = Field(True, description="Serve Prometheus /metrics on metrics_port.")
+    metrics_port: Port = Field(9090, description="Port of the metrics and health listener.")
+    metrics_bind_address: str | None = Field(
+        None, description="Address of that listener (default: bind_address)."
+    )
+    health_checks: HealthChecksConfig = Field(
+        default_factory=HealthChecksConfig, description="Health endpoints."
+    )
+    tracing: TracingConfig = Field(default_factory=TracingConfig, description="Distributed tracing.")
+
+
+# ----------------------------------------------------------------------------- auth
+JwtAlgorithm = Literal[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"
+]
+
+
+class AuthCacheConfig(Section):
+    enabled: bool = Field(True, description="Cache verified claims.")
+    max_capacity: int = Field(100000, ge=1, description="Most entries held.")
+    ttl_secs: PositiveSecs = Field(300, description="Entry lifetime (never past the token's exp).")
+
+
+class SessionStoreConfig(Section):
+    redis_url: str | None = Field(None, description="Redis for sessions (default: rate_limiting.redis_url).")
+
+
+class AuthConfig(Section):
+    token_format: Literal["jwt", "session"] = Field("jwt", description="jwt or session.")
+    jwt_algorithm: JwtAlgorithm = Field("HS256", description="The only algorithm accepted.")
+    jwt_secret: str | None = Field(None, description="HMAC secret for HS* algorithms.")
+    jwt_public_key_path: str | None = Field(None, description="PEM public key for RS/PS/ES/EdDSA.")
+    jwks_url: str | None = Field(None, description="JWKS endpoint for RS/PS/ES/EdDSA.")
+    jwt_issuer: str | None = Field(None, description="Required 'iss'.")
+    jwt_audience: str | list[str] | None = Field(None, description="Accepted 'aud' value(s).")
+    leeway_secs: float = Field(30, ge=0, description="Clock skew allowed on exp/nbf/iat.")
+    required_claims: list[str] = Field(
+        default_factory=lambda: ["exp"], description="Claims a token must carry."
+    )
+    cookie_name: str = Field("session_token", description="Cookie read when there is no Bearer header.")
+    cache: AuthCacheConfig = Field(default_factory=AuthCacheConfig, description="Verified-claims cache.")
+    session_store: SessionStoreConfig = Field(
+        default_factory=SessionStoreConfig, description="Where opaque session tokens are looked up."
+    )
+    claim_headers: dict[str, str] = Field(
+        default_factory=dict, description="Upstream header name -> claim copied into it."
+    )
+
+
+# ----------------------------------------------------------------------------- rate limiting
+class LimitConfig(Section):
+    limit: int = Field(ge=1, description="Requests allowed per window.")
+    window_secs: PositiveSecs = Field(description="Window length.")
+    algorithm: Literal["token_bucket", "sliding_window", "fixed_window"] = Field(
+        "token_bucket", description="token_bucket, sliding_window or fixed_window."
+    )
+    key_type: str = Field("ip", description="ip, user, route, api_key or header:<Name>.")
+
+    @field_validator("key_type")
+    @classmethod
+    def _key_type(cls, v: str) -> str:
+        if not _KEY_TYPE.match(v):
+            raise ValueError(f"unknown key_type '{v}' (ip, user, route, api_key, header:<Name>)")
+        return v
+
+
+class SentinelConfig(Section):
+    master_name: str = Field(description="Sentinel master name.")
+    sentinels: list[str] = Field(min_length=1, description="host:port of each sentinel.")
+
+
+class RateLimitingConfig(Section):
+    redis_url: str | None = Field(None, description="redis://, rediss:// or unix:// (in memory when unset).")
+    redis_cluster_nodes: list[str] = Field(
+        default_factory=list, description="host:port seeds of a Redis Cluster."
+    )
+    redis_sentinel: SentinelConfig | None = Field(None, description="Reach Redis through Sentinel.")
+    timeout_ms: int = Field(50, ge=1, description="Longest a request waits on the limit store.")
+    failure_mode: Literal["fail_closed", "fail_open"] = Field(
+        "fail_open", description="Store down: 503 (fail_closed) or local in-memory limits (fail_open)."
+    )
+    default_limit: LimitConfig | None = Field(None, description="Limit for routes without their own.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str | None) -> str | None:
+        if v is not None and urlsplit(v).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
+# ----------------------------------------------------------------------------- upstreams, routes
+class UpstreamConfig(Section):
+    id: str = Field(description="Name routes refer to.")
+    base_url: str = Field(description="http:// or https:// URL; its path prefixes every upstream path.")
+    timeout_secs: PositiveSecs = Field(30, description="Time to the upstream's response headers; then 504.")
+    connect_timeout_secs: PositiveSecs = Field(5, description="TCP (and TLS) connect timeout; then 504.")
+    pool_max_idle_per_host: int = Field(50, ge=0, description="Idle keep-alive connections kept.")
+    health_path: str | None = Field(None, description="Path probed by readiness when check_upstreams is on.")
+    verify_tls: bool = Field(True, description="Verify an https upstream's certificate.")
+    ca_path: str | None = Field(None, description="PEM CA bundle for an https upstream.")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as e:
+            raise ValueError(f"bad port: {e}") from None
+        return v
+
+
+class RouteConfig(Section):
+    id: str = Field(description="Route name, the 'route' label of metrics.")
+    methods: list[str] = Field(
+        default_factory=lambda: list(HTTP_METHODS), description="Methods served (default: all)."
+    )
+    path: str = Field(description="Exact path, {param} segments, or a trailing /* prefix.")
+    upstream_id: str = Field(description="Upstream the route forwards to.")
+    auth_required: bool = Field(False, description="Require a valid token.")
+    required_scopes: list[str] = Field(default_factory=list, description="Scopes the token must carry.")
+    rate_limit: LimitConfig | Literal[False] | None = Field(
+        None, description="Limit for this route; false disables the default."
+    )
+    strip_prefix: bool = Field(False, description="Remove the route's literal prefix before forwarding.")
+    rewrite: str | None = Field(None, description="Upstream path template; {param} and {*} are filled in.")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        out = [m.upper() for m in v]
+        bad = [m for m in out if m not in HTTP_METHODS]
+        if bad:
+            raise ValueError(f"unknown method(s) {', '.join(bad)}")
+        if not out:
+            raise ValueError("must list at least one method")
+        return out
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        segments = v.split("/")[1:]
+        for i, seg in enumerate(segments):
+            if seg == "*" and i != len(segments) - 1:
+                raise ValueError("'*' is only allowed as the last segment")
+            if ("{" in seg or "}" in seg) and not re.fullmatch(r"\{[A-Za-z_][A-Za-z0-9_]*\}", seg):
+                raise ValueError(f"bad parameter segment '{seg}'")
+        return v
+
+
+class Config(Section):
+    server: ServerConfig = Field(default_factory=ServerConfig, description="The proxy listener.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Structured logs and sinks.")
+    observability: ObservabilityConfig = Field(
+        default_factory=ObservabilityConfig, description="Metrics, health checks, tracing."
+    )
+    auth: AuthConfig | None = Field(None, description="Token verification for auth_required routes.")
+    rate_limiting: RateLimitingConfig | None = Field(None, description="Request limits.")
+    upstreams: list[UpstreamConfig] = Field(default_factory=list, description="Services behind the gateway.")
+    routes: list[RouteConfig] = Field(default_factory=list, description="Path and method to upstream.")
