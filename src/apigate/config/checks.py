@@ -107,7 +107,7 @@ class _Checker:
     def route_upstreams(self) -> None:
         if not isinstance(self.data.get("upstreams", []), list):
             return
-        known = {u.get("id") for _, u in self.items("upstreams")}
+        known = {u["id"] for _, u in self.items("upstreams") if isinstance(u.get("id"), str)}
         for i, route in self.items("routes"):
             target = route.get("upstream_id")
             if isinstance(target, str) and target not in known:

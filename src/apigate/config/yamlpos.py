@@ -20,7 +20,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from apigate.config.errors import KeyPath, Problem, describe
 
-MAX_NODES = 200_000
+MAX_NODES = 100_000
 """Aliases can make a small file expand exponentially ("billion laughs"); stop early."""
 
 _MAP_TAG = "tag:yaml.org,2002:map"
