@@ -367,8 +367,8 @@ def test_every_problem_in_one_run_sorted_by_line() -> None:
 # ----------------------------------------------------------------------------- broken files
 def test_yaml_syntax_error_has_a_line_and_no_excerpt() -> None:
     assert errors_of('server:\n  port: 8080\nauth:\n  jwt_secret: "s3cr3t-value\n') == [
-        "config.yaml:5: YAML syntax error: found unexpected end of stream (column 1);"
-        " while scanning a quoted scalar started on line 4"
+        "config.yaml:5: YAML syntax error: found unexpected end of stream (column 1),"
+        " in a quoted scalar that starts on line 4"
     ]
     [error] = errors_of("server:\n  port: 8080\n\tbind_address: x\n")
     assert error.startswith("config.yaml:3: YAML syntax error: found character '\\t'")
@@ -385,7 +385,10 @@ def test_duplicate_yaml_key() -> None:
     [
         ("- server\n", "config.yaml:1: the top level must be a mapping of sections"),
         ("just words\n", "config.yaml:1: the top level must be a mapping of sections"),
-        ("a: 1\n---\nb: 2\n", "config.yaml:2: YAML syntax error: but found another document"),
+        (
+            "a: 1\n---\nb: 2\n",
+            "config.yaml:2: YAML syntax error: expected a single document in the stream (line 1),",
+        ),
         ("server: {port: *nope}\n", "config.yaml:1: YAML syntax error: found undefined alias 'nope'"),
         ("server:\n  port: !env PORT\n", "config.yaml:2 server.port: could not determine a constructor"),
         ("server: &a\n  tls: *a\n", "config.yaml:1 server.tls: an alias refers to the node that contains it"),
@@ -452,6 +455,13 @@ def test_secrets_are_never_echoed() -> None:
         assert secret not in text
     assert "config.yaml:10 logging.sinks[0].elasticsearch.api_key: expected a string, got a value" in text
     assert "routes[0].upstream_id: unknown upstream '***'" in text
+
+
+def test_weak_secret_does_not_mangle_key_paths() -> None:
+    assert errors_of("auth:\n  jwt_secret: secret\n  jwt_algorithm: HS999\n") == [
+        "config.yaml:3 auth.jwt_algorithm: expected 'HS256', 'HS384', 'HS512', 'RS256', 'RS384', 'RS512',"
+        " 'PS256', 'ES256', 'ES384' or 'EdDSA', got 'HS999'"
+    ]
 
 
 def test_non_secret_values_are_shown_even_near_secret_words() -> None:

@@ -113,8 +113,8 @@ def render(filename: str, problems: Iterable[Problem], secrets: Iterable[str] = 
             where = f"{filename}: {format_path(p.path)}" if p.path else filename
         else:
             where = f"{filename}:{p.line} {format_path(p.path)}" if p.path else f"{filename}:{p.line}"
-        text = f"{where}: {p.message}"
-        for s in scrub:
-            text = text.replace(s, "***")
-        lines.append(text)
+        message = p.message
+        for s in scrub:  # the message only: a weak secret like "secret" must not mangle a key path
+            message = message.replace(s, "***")
+        lines.append(f"{where}: {message}")
     return lines

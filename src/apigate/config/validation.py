@@ -54,7 +54,8 @@ class _Error:
 def schema_problems(exc: ValidationError, data: object, doc: Document) -> list[Problem]:
     """One Problem per distinct mistake in ``exc`` (validation of ``data``)."""
     errors = [
-        _clean(e["loc"], e["type"], e["msg"], e.get("ctx") or {}, e.get("input"), data) for e in exc.errors()
+        _clean(e["loc"], e["type"], e["msg"], e.get("ctx") or {}, e.get("input"), data)
+        for e in exc.errors(include_url=False)
     ]
     deeper = {(e.union, e.member) for e in errors if e.union is not None and len(e.path) > len(e.union)}
     merged: dict[KeyPath, list[_Error]] = {}

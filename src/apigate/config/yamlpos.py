@@ -13,6 +13,7 @@ Nothing here raises: every problem becomes a :class:`Problem` with its line.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import yaml
@@ -26,6 +27,7 @@ MAX_NODES = 100_000
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_INSIDE = re.compile(r"while (?:scanning|parsing) (an? .+)")
 
 
 @dataclass
@@ -79,13 +81,21 @@ def parse_yaml(text: str) -> Document:
 def _yaml_message(e: yaml.YAMLError) -> str:
     """PyYAML's problem text without its source excerpt (which could show a secret)."""
     if isinstance(e, yaml.MarkedYAMLError):
-        parts = [e.problem or "invalid YAML"]
+        problem = e.problem or "invalid YAML"
         if e.problem_mark is not None:
-            parts[0] += f" (column {e.problem_mark.column + 1})"
-        ctx_mark, mark = e.context_mark, e.problem_mark
-        if e.context and ctx_mark is not None and mark is not None and ctx_mark.line != mark.line:
-            parts.append(f"{e.context} started on line {ctx_mark.line + 1}")
-        return "; ".join(parts)
+            problem += f" (column {e.problem_mark.column + 1})"
+        if "'\\t'" in problem:
+            problem += "; indent with spaces, YAML does not allow tabs"
+        if not e.context:
+            return problem
+        line = e.context_mark.line + 1 if e.context_mark is not None else None
+        inside = _INSIDE.fullmatch(e.context)
+        if inside and line:  # "while scanning a quoted scalar"
+            return f"{problem}, in {inside.group(1)} that starts on line {line}"
+        if e.context.startswith("while "):  # "while scanning for the next token"
+            return problem
+        where = f" (line {line})" if line else ""
+        return f"{e.context}{where}, {problem}"  # "expected a single document..., but found another"
     if isinstance(e, yaml.reader.ReaderError):
         return f"character U+{e.character:04X} is not allowed in YAML"
     return str(e).splitlines()[0]
