@@ -94,7 +94,7 @@ def cmd_serve(path: str | None) -> int:
 
 def _run(coro: object) -> int:
     try:
-        result = uvloop.run(coro)  # type: ignore[arg-type]
+        result: int = uvloop.run(coro)  # type: ignore[arg-type]
     except OSError as e:
         print(f"apigate: cannot start: {e.strerror or e}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -19,9 +20,8 @@ from apigate.gateway.context import RequestContext
 from apigate.gateway.errors import error_body, error_headers
 from apigate.gateway.filters import CorrelationFilter, Filter, FilterChain, Response
 from apigate.gateway.paths import split_target
-from apigate.gateway.proxy import forward
-from apigate.gateway.router import Match, Router
-from apigate.http.body import ClientDisconnected
+from apigate.gateway.proxy import Proxy
+from apigate.gateway.router import Match, NoMatch, Router
 from apigate.http.client import UpstreamError, UpstreamPool
 from apigate.http.server import Limits, ServerState, make_protocol_factory
 from apigate.logs import events
@@ -68,60 +68,92 @@ class App:
         self.health_live = hc.liveness_enabled
         self.health_ready = hc.readiness_enabled
         self.servers: list[asyncio.Server] = []
+        self.proxy = Proxy(self.pools, self.timeouts, self._proxied)
 
     # ------------------------------------------------------------------ the request's journey
-    async def handle(self, cycle: RequestCycle) -> None:
-        start = self.loop.time()
+    def handle(self, cycle: RequestCycle) -> None:
+        """Called by the listener for each request; ends with `_complete(ctx)`."""
         target = split_target(cycle.target)
         if target is None:
             cycle.keep_alive = False
             status, body = error_body("bad_request", None, "The request target is not a path.")
             cycle.send_response(status, error_headers(), body)
+            cycle.complete()
             return
         path, query = target
-        ctx = RequestContext(cycle, path, query, start)
+        ctx = RequestContext(cycle, path, query, self.loop.time())
         match = self.router.match(cycle.method, path)
-        if isinstance(match, Match):
-            route = match.route
-            ctx.route = route
-            ctx.params = match.params
+        if type(match) is tuple:
+            ctx.route = route = match[0]
+            ctx.params = match[1]
             ctx.upstream_id = route.upstream_id
-            chain: FilterChain = route.chain  # type: ignore[assignment]
+            ctx.chain = chain = route.chain
+            outcome = chain.start_request(ctx)
+            if outcome is None:
+                # The terminal step for a matched route, inlined from _dispatch().
+                path = path if route.passthrough else route.upstream_path(path, ctx.params)
+                self.proxy.start(ctx, chain, route.upstream_id, path.encode("latin-1"))
+                return
         else:
-            route = None
-            chain = self.unmatched_chain
-        try:
-            reply = await chain.run_request(ctx)
-            if reply is None:
-                if route is not None:
-                    reply = await self._proxy(ctx, chain)
-                else:
-                    reply = self._local(ctx, path, match.allow if not isinstance(match, Match) else ())
-            if reply is not None:
-                self._reply(ctx, chain, reply)
-        finally:
-            if not ctx.status:
-                ctx.status = cycle.status or 499  # 499: the client went away (nginx's code)
-            chain.run_complete(ctx)
+            ctx.chain = self.unmatched_chain
+            outcome = ctx.chain.start_request(ctx)
+        if outcome is None:
+            self._dispatch(ctx, match)
+        elif type(outcome) is Response:
+            self._reply(ctx, outcome)
+        else:
+            task = self.loop.create_task(self._after_filters(ctx, match, outcome))  # type: ignore[arg-type]
+            cycle.on_cancel = lambda: self._cancelled(ctx, task)
 
-    async def _proxy(self, ctx: RequestContext, chain: FilterChain) -> Response | None:
-        route = ctx.route
-        assert route is not None
-        upstream_id = route.upstream_id
-        cycle = ctx.cycle
-        upstream_path = route.upstream_path(ctx.path, ctx.params).encode("latin-1")
+    async def _after_filters(
+        self, ctx: RequestContext, match: Match | NoMatch, pending: Awaitable[Response | None]
+    ) -> None:
         try:
-            await forward(ctx, chain, self.pools[upstream_id], upstream_path, self.timeouts[upstream_id])
-        except UpstreamError as e:
-            ctx.upstream_failure = e.reason
+            outcome = await pending
+        except asyncio.CancelledError:
+            return
+        ctx.cycle.on_cancel = None
+        if outcome is None:
+            self._dispatch(ctx, match)
+        else:
+            self._reply(ctx, outcome)
+
+    def _cancelled(self, ctx: RequestContext, task: asyncio.Task[None]) -> None:
+        task.cancel()
+        self._complete(ctx)
+
+    def _dispatch(self, ctx: RequestContext, match: Match | NoMatch) -> None:
+        """The terminal step: proxy a matched route, answer anything else locally."""
+        if type(match) is tuple:
+            route = match[0]
+            path = ctx.path if route.passthrough else route.upstream_path(ctx.path, ctx.params)
+            self.proxy.start(ctx, ctx.chain, route.upstream_id, path.encode("latin-1"))
+        else:
+            assert isinstance(match, NoMatch)
+            self._reply(ctx, self._local(ctx, ctx.path, match.allow))
+
+    def _proxied(self, ctx: RequestContext, error: UpstreamError | None) -> None:
+        """The proxy is done with a request, successfully or not."""
+        if error is not None:
+            ctx.upstream_failure = error.reason
+            cycle = ctx.cycle
             if cycle.response_started:
                 cycle.keep_alive = False
                 cycle.proto.abort_response()
-                return None
-            return Response.error_reply(e.code, ctx)
-        except ClientDisconnected:
-            return None
-        return None
+            else:
+                self._reply(ctx, Response.error_reply(error.code, ctx))
+                return
+        self._complete(ctx)
+
+    def _complete(self, ctx: RequestContext) -> None:
+        if ctx.completed:
+            return
+        ctx.completed = True
+        cycle = ctx.cycle
+        if not ctx.status:
+            ctx.status = cycle.status or 499  # 499: the client went away (nginx's code)
+        ctx.chain.run_complete(ctx)
+        cycle.complete()
 
     def _local(self, ctx: RequestContext, path: str, allow: tuple[str, ...]) -> Response:
         if path == HEALTH_LIVE and self.health_live:
@@ -136,17 +168,18 @@ class App:
             )
         return Response.error_reply("not_found", ctx)
 
-    def _reply(self, ctx: RequestContext, chain: FilterChain, reply: Response) -> None:
+    def _reply(self, ctx: RequestContext, reply: Response) -> None:
+        """Answer locally (an error or a filter's reply), through the response filters."""
         cycle = ctx.cycle
-        if cycle.response_started or cycle.proto.closing:
-            return
-        headers = list(reply.headers)
-        if ctx.response_headers:
-            headers.extend(ctx.response_headers)
-        chain.run_response(ctx, reply.status, headers)
-        ctx.status = reply.status
-        ctx.error = reply.error
-        cycle.send_response(reply.status, headers, reply.body)
+        if not cycle.response_started and not cycle.proto.closing:
+            headers = list(reply.headers)
+            if ctx.response_headers:
+                headers.extend(ctx.response_headers)
+            ctx.chain.run_response(ctx, reply.status, headers)
+            ctx.status = reply.status
+            ctx.error = reply.error
+            cycle.send_response(reply.status, headers, reply.body)
+        self._complete(ctx)
 
     # ------------------------------------------------------------------ lifecycle
     def ssl_context(self) -> ssl.SSLContext | None:

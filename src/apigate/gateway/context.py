@@ -7,33 +7,33 @@ from typing import TYPE_CHECKING, Any
 from apigate.http.headers import Headers
 
 if TYPE_CHECKING:
+    from apigate.gateway.filters import FilterChain
     from apigate.gateway.router import Route
     from apigate.http.server import RequestCycle
 
+_NO_HEADERS: Headers = []  # shared default; filters assign a new list, never append to this
+
 
 class RequestContext:
-    """Everything known about one request, from arrival to the access-log event."""
+    """Everything known about one request, from arrival to the access-log event.
 
-    __slots__ = (
-        "claims",
-        "client_ip",
-        "cycle",
-        "error",
-        "method",
-        "params",
-        "path",
-        "query",
-        "request_id",
-        "response_headers",
-        "route",
-        "start",
-        "status",
-        "upstream_duration",
-        "upstream_failure",
-        "upstream_id",
-        "user",
-        "vars",
-    )
+    Defaults live on the class so that building a context costs only the fields that
+    every request sets (no __slots__ on purpose: this is on the per-request path).
+    """
+
+    request_id = ""
+    route: Route | None = None
+    params: dict[str, str] = {}  # read-only default
+    status = 0
+    error: str | None = None  # gateway error code, when the gateway answered itself
+    upstream_id: str | None = None
+    upstream_duration: float | None = None
+    upstream_failure: str | None = None  # connect, timeout, reset, bad_response
+    user: str | None = None
+    claims: dict[str, Any] | None = None
+    response_headers: Headers = _NO_HEADERS  # added to every response by filters
+    completed = False
+    chain: FilterChain
 
     def __init__(self, cycle: RequestCycle, path: str, query: bytes, start: float) -> None:
         self.cycle = cycle
@@ -42,15 +42,8 @@ class RequestContext:
         self.query = query  # raw query string, with its leading '?', or b""
         self.client_ip = cycle.client
         self.start = start
-        self.request_id = ""
-        self.route: Route | None = None
-        self.params: dict[str, str] = {}
-        self.status = 0
-        self.error: str | None = None  # gateway error code, when the gateway answered itself
-        self.upstream_id: str | None = None
-        self.upstream_duration: float | None = None
-        self.upstream_failure: str | None = None  # connect, timeout, reset, bad_response
-        self.user: str | None = None
-        self.claims: dict[str, Any] | None = None
-        self.response_headers: Headers = []  # added to the response by filters
-        self.vars: dict[str, Any] = {}  # free space for filters
+
+    def add_response_header(self, name: bytes, value: bytes) -> None:
+        if self.response_headers is _NO_HEADERS:
+            self.response_headers = []
+        self.response_headers.append((name, value))

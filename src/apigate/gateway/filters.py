@@ -2,8 +2,12 @@
 
 A filter implements only the phases it needs:
 
-- `async on_request(ctx)` returns a `Response` to answer locally (ending the chain), or
-  None to go on. Runs in descending `priority`: correlation > auth > rate limit.
+- `on_request(ctx)` returns a `Response` to answer locally (ending the chain), None to go
+  on, or an awaitable of either when it must wait (an `async def` is fine). Runs in
+  descending `priority`: correlation > auth > rate limit. A filter that can decide
+  without waiting (a cached token, an in-memory counter) returns directly: a request
+  whose filters all decide synchronously never creates a task, which is a large share
+  of the gateway's per-request cost in Python.
 - `on_response(ctx, status, headers)` may append headers; runs in reverse order, on
   proxied responses and local replies alike.
 - `on_complete(ctx)` records metrics and the log event after the response; it never
@@ -14,10 +18,13 @@ The proxy is the terminal step after the chain; the listener knows nothing of fi
 
 from __future__ import annotations
 
+import itertools
 import logging
-import uuid
-from collections.abc import Sequence
+import os
+import secrets
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from apigate.gateway.context import RequestContext
 from apigate.gateway.errors import error_body, error_headers
@@ -25,6 +32,30 @@ from apigate.gateway.router import Route
 from apigate.http.headers import X_REQUEST_ID, Headers, is_sane_request_id
 
 log = logging.getLogger("apigate.filters")
+
+_id_prefix = ""
+_id_counter = itertools.count(1)
+
+
+def _new_id_prefix() -> None:
+    """76 random bits per process, in UUID4 layout; renewed in every forked worker."""
+    global _id_prefix, _id_counter
+    r = secrets.token_hex(10)
+    _id_prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{'89ab'[int(r[16], 16) & 3]}{r[17:20]}-"
+    _id_counter = itertools.count(1)
+
+
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
+def new_request_id() -> str:
+    """A UUID-shaped id: a random per-process prefix, then a 48-bit counter.
+
+    Unique across processes and restarts like a UUID4, at a fraction of uuid4()'s cost
+    (no syscall, no 128-bit formatting) on the request path.
+    """
+    return _id_prefix + "%012x" % (next(_id_counter) & 0xFFFFFFFFFFFF)
 
 
 @dataclass
@@ -42,6 +73,9 @@ class Response:
         return cls(status, error_headers(extra), body, code)
 
 
+RequestOutcome: TypeAlias = Response | Awaitable[Response | None] | None
+
+
 class Filter:
     name = "filter"
     priority = 0
@@ -50,7 +84,7 @@ class Filter:
         """Whether this filter runs for a route (None: requests that matched no route)."""
         return True
 
-    async def on_request(self, ctx: RequestContext) -> Response | None:
+    def on_request(self, ctx: RequestContext) -> RequestOutcome:
         return None
 
     def on_response(self, ctx: RequestContext, status: int, headers: Headers) -> None:
@@ -73,11 +107,33 @@ class FilterChain:
         self.response = tuple(f for f in reversed(ordered) if _overrides(f, "on_response"))
         self.complete = tuple(f for f in reversed(ordered) if _overrides(f, "on_complete"))
 
-    async def run_request(self, ctx: RequestContext) -> Response | None:
-        for f in self.request:
-            reply = await f.on_request(ctx)
-            if reply is not None:
-                return reply
+    def start_request(self, ctx: RequestContext) -> RequestOutcome:
+        """Run on_request filters; an awaitable result means the rest runs in `_resume`."""
+        filters = self.request
+        for i, f in enumerate(filters):
+            outcome = f.on_request(ctx)
+            if outcome is None:
+                continue
+            if isinstance(outcome, Response):
+                return outcome
+            return self._resume(ctx, outcome, i + 1)
+        return None
+
+    async def _resume(
+        self, ctx: RequestContext, pending: Awaitable[Response | None], i: int
+    ) -> Response | None:
+        outcome = await pending
+        if outcome is not None:
+            return outcome
+        for f in self.request[i:]:
+            result = f.on_request(ctx)
+            if result is None:
+                continue
+            if isinstance(result, Response):
+                return result
+            result = await result
+            if result is not None:
+                return result
         return None
 
     def run_response(self, ctx: RequestContext, status: int, headers: Headers) -> None:
@@ -102,14 +158,14 @@ class CorrelationFilter(Filter):
     name = "correlation"
     priority = 100_000
 
-    async def on_request(self, ctx: RequestContext) -> Response | None:
+    def on_request(self, ctx: RequestContext) -> RequestOutcome:
         for name, value in ctx.cycle.headers:
             if name == X_REQUEST_ID:
                 if is_sane_request_id(value):
                     ctx.request_id = value.decode("ascii")
                 break
         if not ctx.request_id:
-            ctx.request_id = str(uuid.uuid4())
+            ctx.request_id = new_request_id()
         ctx.cycle.request_id = ctx.request_id
         return None
 

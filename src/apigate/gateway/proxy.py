@@ -15,8 +15,11 @@ reached the upstream.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
+from apigate.http.body import ClientDisconnected
 from apigate.http.client import (
     ConnectionReset,
     UpstreamConnection,
@@ -45,10 +48,12 @@ REPLAY_MAX_BYTES = 64 * 1024  # request bodies up to this size are kept for one 
 _SKIP_REQUEST = HOP_BY_HOP | GATEWAY_SET_REQUEST | {CONTENT_LENGTH, EXPECT, X_FORWARDED_FOR}
 _SKIP_RESPONSE = HOP_BY_HOP | {CONTENT_LENGTH}
 _TRIVIAL_CONNECTION_TOKENS = {b"keep-alive", b"close"}
+_TRIVIAL_CONNECTION_VALUES = {b"keep-alive", b"close", b""}
 
 
 def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: bytes) -> bytes:
     cycle = ctx.cycle
+    headers = cycle.headers
     out: list[bytes] = [
         cycle.method.encode("ascii"),
         b" ",
@@ -61,15 +66,18 @@ def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: b
     ]
     xff: bytes | None = None
     host = b""
-    named = _connection_named(cycle.headers)
-    for name, value in cycle.headers:
+    for name, value in headers:
         if name in _SKIP_REQUEST:
             if name == X_FORWARDED_FOR:
                 xff = value if xff is None else xff + b", " + value
             elif name == HOST:
                 host = value
-            continue
-        if named and name in named:
+            elif name == CONNECTION and value.lower() not in _TRIVIAL_CONNECTION_VALUES:
+                # Connection names more hop-by-hop fields (rare): drop them and start over.
+                named = _connection_named(headers)
+                if named:
+                    cycle.headers = [(n, v) for n, v in headers if n not in named]
+                    return build_request_head(ctx, pool, upstream_path)
             continue
         out += (name, b": ", value, b"\r\n")
     client = ctx.client_ip.encode("ascii")
@@ -107,29 +115,64 @@ def _connection_named(headers: Headers) -> set[bytes] | None:
 class Exchange:
     """The proxy's side of one upstream request: receives the parsed response."""
 
-    __slots__ = ("chain", "conn", "ctx", "cycle", "done", "error", "got_head", "loop", "timeout")
+    __slots__ = (
+        "chain",
+        "conn",
+        "cork",
+        "ctx",
+        "cycle",
+        "error",
+        "got_head",
+        "head",
+        "loop",
+        "on_done",
+        "timeout",
+        "uncork",
+    )
 
     def __init__(
-        self, ctx: RequestContext, chain: FilterChain, conn: UpstreamConnection, timeout: float
+        self,
+        ctx: RequestContext,
+        chain: FilterChain,
+        conn: UpstreamConnection,
+        head: bytes,
+        timeout: float,
+        on_done: Callable[[Exchange], None],
     ) -> None:
         self.ctx = ctx
         self.cycle: RequestCycle = ctx.cycle
         self.chain = chain
         self.conn = conn
+        self.head = head
         self.loop = conn.loop
         self.timeout = timeout
-        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.on_done = on_done
         self.error: UpstreamError | None = None
         self.got_head = False
+        proto = ctx.cycle.proto
+        self.cork = proto.cork
+        self.uncork = proto.uncork
 
+    def send_head(self) -> None:
+        cycle = self.cycle
+        cycle.upstream_deadline = deadline = self.loop.time() + self.timeout
+        cycle.proto.watch(deadline)
+        self.conn.send(self, self.head, cycle.method == "HEAD")
+
+    # ------------------------------------------------------------------ ResponseSink
     def on_upstream_head(self, status: int, headers: Headers, length: int | None) -> None:
         self.got_head = True
         ctx = self.ctx
         ctx.upstream_duration = self.loop.time() - ctx.start
-        named = _connection_named(headers)
-        out: Headers = [
-            (n, v) for n, v in headers if n not in _SKIP_RESPONSE and not (named and n in named)
-        ]
+        out: Headers = []
+        for header in headers:
+            name = header[0]
+            if name in _SKIP_RESPONSE:
+                if name == CONNECTION and header[1].lower() not in _TRIVIAL_CONNECTION_VALUES:
+                    named = _connection_named(headers) or set()
+                    out = [(n, v) for n, v in out if n not in named]
+                continue
+            out.append(header)
         if ctx.response_headers:
             out.extend(ctx.response_headers)
         self.chain.run_response(ctx, status, out)
@@ -138,96 +181,204 @@ class Exchange:
         cycle.start_response(status, out, length)
         # While the body streams, the upstream must keep sending within its timeout.
         cycle.upstream_deadline = self.loop.time() + self.timeout
-        cycle.flow = self.conn
+        conn = self.conn
+        cycle.flow = conn
         if cycle.proto.write_paused:
-            self.conn.pause_reading()
-
-    def on_upstream_body(self, chunk: bytes) -> None:
-        self.cycle.write(chunk)
+            conn.pause_reading()
+        # Identity-framed bodies go straight to the client's write (no per-chunk hops).
+        conn.on_body_chunk = (
+            cycle.proto.write if cycle.write_body and not cycle.chunked_response else cycle.write
+        )
 
     def on_upstream_complete(self) -> None:
         cycle = self.cycle
         cycle.upstream_deadline = 0.0
-        cycle.end()
-        if not self.done.done():
-            self.done.set_result(None)
+        cycle.flow = None
+        if cycle.chunked_response:
+            cycle.end()
+        else:
+            cycle.response_complete = True
+        self.on_done(self)
 
     def on_upstream_failed(self, error: UpstreamError) -> None:
         self.error = error
-        if not self.done.done():
-            self.done.set_result(None)
+        self.cycle.flow = None
+        self.on_done(self)
 
 
-async def forward(
-    ctx: RequestContext, chain: FilterChain, pool: UpstreamPool, upstream_path: bytes, timeout: float
-) -> None:
-    """Send the request upstream and stream the response to the client.
+Finished = Callable[["RequestContext", "UpstreamError | None"], None]
 
-    Raises UpstreamError when nothing was sent to the client yet (the caller answers
-    502/504); after the response started, a failure can only cut the connection.
+
+def _retryable(exchange: Exchange, reused: bool) -> bool:
+    """A reused connection died before any response: safe to send the request again."""
+    return reused and isinstance(exchange.error, ConnectionReset) and not exchange.got_head
+
+
+class Proxy:
+    """Forwards requests to upstream pools and calls `finished(ctx, error)` once per request.
+
+    Fast path (no request body, an idle pooled connection): no task and no future; the
+    response is written from the upstream's parser callbacks and the request finishes in
+    `on_upstream_complete`. Connecting, streaming a body and retrying run in a task.
     """
-    cycle = ctx.cycle
-    head = build_request_head(ctx, pool, upstream_path)
-    body = cycle.body
-    replayable = cycle.method in IDEMPOTENT
-    sent: list[bytes] = []  # body bytes already sent, kept for a replay while small
-    sent_size = 0
-    retried = False
-    loop = pool.loop
-    while True:
-        conn = pool.acquire_idle()
-        reused = conn is not None
-        if conn is None:
-            conn = await pool.connect()
-        exchange = Exchange(ctx, chain, conn, timeout)
-        cycle.upstream_deadline = loop.time() + timeout
-        cycle.proto.watch(cycle.upstream_deadline)
-        reusable = False
-        try:
-            conn.send(exchange, head, cycle.method == "HEAD")
-            if body is not None:
-                chunked = cycle.content_length is None
-                for chunk in sent:
-                    conn.write_body(_frame(chunk, chunked))
-                while exchange.error is None and not exchange.done.done():
-                    if sent_size == 0 and not sent:
-                        cycle.send_continue()
-                    chunk = await body.read()
-                    if not chunk:
-                        if chunked:
-                            conn.write_body(b"0\r\n\r\n")
-                        break
-                    conn.write_body(_frame(chunk, chunked))
-                    if sent_size <= REPLAY_MAX_BYTES:
-                        sent.append(chunk)
-                        sent_size += len(chunk)
-                        if sent_size > REPLAY_MAX_BYTES:
-                            sent.clear()
-                    if conn.write_paused:
-                        await conn.drain()
-            await exchange.done
-            error = exchange.error
-            if error is None:
-                reusable = body is None or body.exhausted
+
+    def __init__(
+        self,
+        pools: dict[str, UpstreamPool],
+        timeouts: dict[str, float],
+        finished: Finished,
+    ) -> None:
+        self.pools = pools
+        self.timeouts = timeouts
+        self.finished = finished  # (ctx, error): the request ended, maybe with an upstream error
+        self.loop = asyncio.get_running_loop()
+
+    def start(self, ctx: RequestContext, chain: FilterChain, upstream_id: str, upstream_path: bytes) -> None:
+        cycle = ctx.cycle
+        pool = self.pools[upstream_id]
+        timeout = self.timeouts[upstream_id]
+        head = build_request_head(ctx, pool, upstream_path)
+        if cycle.body is None:
+            conn = pool.acquire_idle()
+            if conn is not None:
+                exchange = Exchange(ctx, chain, conn, head, timeout, self._fast_done)
+                cycle.on_cancel = conn.abort
+                # send_head(), inlined for the fast path.
+                cycle.upstream_deadline = deadline = ctx.start + timeout
+                proto = cycle.proto
+                if deadline < proto.watch_at:
+                    proto.watch(deadline)
+                conn.send(exchange, head, cycle.method == "HEAD")
                 return
-            if (
-                isinstance(error, ConnectionReset)
-                and reused
-                and not retried
-                and not exchange.got_head
-                and replayable
-                and sent_size <= REPLAY_MAX_BYTES
-            ):
-                retried = True
-                continue
-            raise error
-        finally:
-            if reusable:
-                pool.release(conn, True)
-            else:
-                conn.close()
-                pool.release(conn, False)
-            cycle.flow = None
+        self._spawn(ctx, chain, pool, head, timeout, retried=False)
+
+    def _spawn(
+        self,
+        ctx: RequestContext,
+        chain: FilterChain,
+        pool: UpstreamPool,
+        head: bytes,
+        timeout: float,
+        retried: bool,
+    ) -> None:
+        task = self.loop.create_task(self._forward(ctx, chain, pool, head, timeout, retried))
+        ctx.cycle.on_cancel = partial(_cancel, task)
+
+    def _fast_done(self, exchange: Exchange) -> None:
+        ctx = exchange.ctx
+        conn = exchange.conn
+        ctx.cycle.on_cancel = None
+        error = exchange.error
+        conn.pool.release(conn, error is None)
+        if error is None:
+            # The app's success ending, inlined: on_complete filters, then the listener.
+            ctx.completed = True
+            chain = exchange.chain
+            if chain.complete:
+                chain.run_complete(ctx)
+            ctx.cycle.complete()
+        elif ctx.method in IDEMPOTENT and _retryable(exchange, True):
+            self._spawn(ctx, exchange.chain, conn.pool, exchange.head, exchange.timeout, retried=True)
+        else:
+            self.finished(ctx, error)
+
+    async def _forward(
+        self,
+        ctx: RequestContext,
+        chain: FilterChain,
+        pool: UpstreamPool,
+        head: bytes,
+        timeout: float,
+        retried: bool,
+    ) -> None:
+        try:
+            await self._exchange_with_retry(ctx, chain, pool, head, timeout, retried)
+        except UpstreamError as e:
+            ctx.cycle.on_cancel = None
+            self.finished(ctx, e)
+        except ClientDisconnected:
+            ctx.cycle.on_cancel = None
+            ctx.cycle.keep_alive = False
+            self.finished(ctx, None)
+        else:
+            ctx.cycle.on_cancel = None
+            self.finished(ctx, None)
+
+    async def _exchange_with_retry(
+        self,
+        ctx: RequestContext,
+        chain: FilterChain,
+        pool: UpstreamPool,
+        head: bytes,
+        timeout: float,
+        retried: bool,
+    ) -> None:
+        cycle = ctx.cycle
+        body = cycle.body
+        chunked = cycle.content_length is None
+        replayable = cycle.method in IDEMPOTENT
+        sent: list[bytes] = []  # body bytes already sent, kept for a replay while small
+        sent_size = 0
+        loop = self.loop
+        while True:
+            conn = None if retried else pool.acquire_idle()
+            reused = conn is not None
+            if conn is None:
+                conn = await pool.connect()
+            waiter: asyncio.Future[None] = loop.create_future()
+
+            def done(_: Exchange, waiter: asyncio.Future[None] = waiter) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            exchange = Exchange(ctx, chain, conn, head, timeout, done)
+            ok = False
+            try:
+                exchange.send_head()
+                if body is not None:
+                    for chunk in sent:
+                        conn.write_body(_frame(chunk, chunked))
+                    while not waiter.done():
+                        if sent_size == 0:
+                            cycle.send_continue()
+                        chunk = await body.read()
+                        if not chunk:
+                            if chunked:
+                                conn.write_body(b"0\r\n\r\n")
+                            break
+                        conn.write_body(_frame(chunk, chunked))
+                        if sent_size <= REPLAY_MAX_BYTES:
+                            sent_size += len(chunk)
+                            if sent_size <= REPLAY_MAX_BYTES:
+                                sent.append(chunk)
+                            else:
+                                sent.clear()
+                        else:
+                            sent_size += len(chunk)
+                        if conn.write_paused:
+                            await conn.drain()
+                await waiter
+                error = exchange.error
+                if error is None:
+                    # An upstream that answered before reading the whole body left the
+                    # connection mid-request: it cannot carry another one.
+                    ok = body is None or body.exhausted
+                    return
+                if (
+                    not retried
+                    and replayable
+                    and sent_size <= REPLAY_MAX_BYTES
+                    and _retryable(exchange, reused)
+                ):
+                    retried = True
+                    continue
+                raise error
+            finally:
+                pool.release(conn, ok)
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
 
 
 def _frame(chunk: bytes, chunked: bool) -> bytes:
@@ -236,4 +387,4 @@ def _frame(chunk: bytes, chunked: bool) -> bytes:
     return chunk
 
 
-__all__ = ["IDEMPOTENT", "Exchange", "build_request_head", "forward"]
+__all__ = ["IDEMPOTENT", "Exchange", "Proxy", "build_request_head"]

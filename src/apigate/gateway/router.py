@@ -15,8 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from apigate.config.schema import RouteConfig
+
+if TYPE_CHECKING:
+    from apigate.gateway.filters import FilterChain
 
 
 @dataclass(eq=False)
@@ -32,7 +36,8 @@ class Route:
     index: int
     rewrite: str | None
     strip_prefix: bool
-    chain: object = field(default=None)  # the route's FilterChain, set by the app
+    passthrough: bool  # the upstream gets the request's own path (no rewrite, no strip)
+    chain: FilterChain = field(default=None)  # type: ignore[assignment]  # set by the app
 
     def upstream_path(self, path: str, params: dict[str, str]) -> str:
         """The path sent upstream (before the upstream's base path is prepended)."""
@@ -50,10 +55,8 @@ class Route:
         return path
 
 
-@dataclass(frozen=True)
-class Match:
-    route: Route
-    params: dict[str, str]
+Match = tuple[Route, dict[str, str]]  # a plain tuple: built once per request
+_NO_PARAMS: dict[str, str] = {}  # shared by every exact match; never mutated
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def _compile(cfg: RouteConfig, index: int) -> Route:
     in_prefix = True
     for seg in segments:
         if seg.startswith("{"):
-            regex += "/(?P<%s>[^/]+)" % seg[1:-1]
+            regex += f"/(?P<{seg[1:-1]}>[^/]+)"
             in_prefix = False
         else:
             literal += 1
@@ -103,6 +106,7 @@ def _compile(cfg: RouteConfig, index: int) -> Route:
         index=index,
         rewrite=cfg.rewrite,
         strip_prefix=cfg.strip_prefix,
+        passthrough=cfg.rewrite is None and not cfg.strip_prefix,
     )
 
 
@@ -125,7 +129,7 @@ class Router:
         if exact is not None:
             for route in exact:
                 if method in route.methods:
-                    return Match(route, {})
+                    return route, _NO_PARAMS
                 allow |= route.methods
         for route in self.patterns:
             assert route.pattern is not None
@@ -138,7 +142,7 @@ class Router:
             params = {k: v for k, v in m.groupdict().items() if v is not None}
             if "_rest" in params:
                 params["*"] = params.pop("_rest")
-            return Match(route, params)
+            return route, params
         if not allow:
             return _NO_ROUTE
         return NoMatch(tuple(sorted(allow)))

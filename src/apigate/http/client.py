@@ -60,10 +60,18 @@ class BadResponse(UpstreamError):
 class ResponseSink(Protocol):
     """What an upstream connection reports to while a request is in flight."""
 
-    def on_upstream_head(self, status: int, headers: Headers, length: int | None) -> None: ...
-    def on_upstream_body(self, chunk: bytes) -> None: ...
+    cork: Callable[[], bool]  # hold client writes while one upstream read is parsed
+    uncork: Callable[[], None]
+
+    def on_upstream_head(self, status: int, headers: Headers, length: int | None) -> None:
+        """Also sets the connection's `on_body_chunk` to where the body goes."""
+
     def on_upstream_complete(self) -> None: ...
     def on_upstream_failed(self, error: UpstreamError) -> None: ...
+
+
+def _discard(chunk: bytes) -> None:
+    return None
 
 
 class ConnState(enum.Enum):
@@ -94,6 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = True
         self.got_head = False
         self.reset_parser = False
+        self.on_body_chunk: Callable[[bytes], None] = _discard
 
     def __repr__(self) -> str:
         return f"<UpstreamConnection {self.pool.key} {self.state.value} requests={self.requests}>"
@@ -152,12 +161,17 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             self.pool.forget(self)
             return
+        sink = self.sink
+        corked = sink.cork()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(BadResponse("unexpected protocol upgrade"))
         except httptools.HttpParserError as e:
             self._fail(BadResponse(str(e)))
+        finally:
+            if corked:
+                sink.uncork()
 
     def eof_received(self) -> bool | None:
         if self.sink is not None and self.got_head and self.until_close:
@@ -194,25 +208,22 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     # ------------------------------------------------------------------ parser callbacks
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.length = None
-
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        headers = self.headers
+        self.headers = []
         status = self.parser.get_status_code()
         if status < 200:
             # Interim responses (100, 103) are not forwarded; llhttp parses the final one next.
-            self.headers = []
             return
         self.status = status
         self.got_head = True
         self.keep_alive = self.parser.should_keep_alive()
         length: int | None = None
         chunked = False
-        for name, value in self.headers:
+        for name, value in headers:
             if name == CONTENT_LENGTH:
                 length = int(value)
             elif name == TRANSFER_ENCODING:
@@ -223,26 +234,27 @@ class UpstreamConnection(asyncio.Protocol):
         self.length = length
         sink = self.sink
         if sink is not None:
-            sink.on_upstream_head(status, self.headers, length)
+            sink.on_upstream_head(status, headers, length)
         if self.head_only:
             self.reset_parser = True
             self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
-        if self.sink is not None:
-            self.sink.on_upstream_body(body)
+        self.on_body_chunk(body)
 
     def on_message_complete(self) -> None:
         sink = self.sink
         if sink is None or not self.got_head:
             return
         self.sink = None
+        self.on_body_chunk = _discard
         self.requests += 1
         sink.on_upstream_complete()
 
     def _fail(self, error: UpstreamError) -> None:
         sink = self.sink
         self.sink = None
+        self.on_body_chunk = _discard
         if self.state is not ConnState.CLOSED:
             self.abort()
         if sink is not None:
@@ -286,18 +298,26 @@ class UpstreamPool:
         self.active = 0
 
     def __repr__(self) -> str:
-        return f"<UpstreamPool {self.key} idle={len(self.idle)} active={self.active} connecting={self.connecting}>"
+        counts = f"idle={len(self.idle)} active={self.active} connecting={self.connecting}"
+        return f"<UpstreamPool {self.key} {counts}>"
 
     def acquire_idle(self) -> UpstreamConnection | None:
         """A reusable idle connection, or None. Synchronous: no other request can take it."""
         idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if conn.is_usable:
-                conn.state = ConnState.ACTIVE
-                self.active += 1
-                return conn
-            conn.close()
+        if idle:
+            oldest_ok = self.loop.time() - POOL_IDLE_TIMEOUT_S
+            while idle:
+                conn = idle.pop()
+                # is_usable, inlined: this runs once per proxied request.
+                if (
+                    conn.state is ConnState.IDLE
+                    and conn.idle_since > oldest_ok
+                    and not conn.transport.is_closing()
+                ):
+                    conn.state = ConnState.ACTIVE
+                    self.active += 1
+                    return conn
+                conn.close()
         return None
 
     async def connect(self) -> UpstreamConnection:

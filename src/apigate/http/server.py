@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import httptools
@@ -37,7 +37,9 @@ from apigate.http.headers import (
 log = logging.getLogger("apigate.http")
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
-MAX_PIPELINED = 32  # queued requests per connection before reading pauses
+UNCORK_JOIN_MAX = 256 * 1024  # corked writes up to this size are joined, larger ones vectored
+MAX_PIPELINED = 32
+INF = float("inf")  # queued requests per connection before reading pauses
 
 
 class FlowTarget(Protocol):
@@ -84,37 +86,26 @@ class ServerState:
             conn.shutdown()
 
 
-Handler = Callable[["RequestCycle"], Awaitable[None]]
+Handler = Callable[["RequestCycle"], None]
+"""Called once per request, synchronously; it must end with `cycle.complete()` (now or later)."""
 
 
 class RequestCycle:
     """One request and its response on a client connection."""
 
-    __slots__ = (
-        "body",
-        "chunked_response",
-        "client",
-        "content_length",
-        "deadline",
-        "expect_continue",
-        "flow",
-        "headers",
-        "http_version",
-        "keep_alive",
-        "method",
-        "proto",
-        "request_complete",
-        "request_id",
-        "response_complete",
-        "response_started",
-        "scheme",
-        "status",
-        "target",
-        "task",
-        "timed_out",
-        "upstream_deadline",
-        "write_body",
-    )
+    # Per-request defaults live on the class: a request only pays for what differs.
+    # (No __slots__: class-level defaults are what makes construction cheap.)
+    expect_continue = False
+    response_started = False
+    response_complete = False
+    chunked_response = False
+    status = 0
+    request_id: str | None = None  # set by the gateway; the correlation id
+    flow: FlowTarget | None = None  # produces the response body; paused with the client
+    on_cancel: Callable[[], None] | None = None  # set by the handler while it works
+    finished = False
+    timed_out = False
+    upstream_deadline = 0.0  # set by the proxy while it waits on an upstream
 
     def __init__(
         self,
@@ -136,28 +127,18 @@ class RequestCycle:
         self.keep_alive = keep_alive
         self.content_length = content_length
         self.body = body
-        self.client = proto.client_ip
-        self.scheme = proto.scheme
+        self.client: str = proto.client_ip
+        self.scheme: str = proto.scheme
         self.deadline = deadline
-        self.upstream_deadline = 0.0  # set by the proxy while it waits on an upstream
         self.request_complete = body is None
-        self.expect_continue = False
-        self.response_started = False
-        self.response_complete = False
-        self.chunked_response = False
         self.write_body = method != "HEAD"
-        self.status = 0
-        self.request_id: str | None = None  # set by the gateway; the correlation id
-        self.flow: FlowTarget | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.timed_out = False
 
     # ------------------------------------------------------------------ response API
     def send_response(self, status: int, headers: Headers, body: bytes) -> None:
         """A complete response with a known body (errors, local replies)."""
         self.start_response(status, headers, len(body))
         if body and self.write_body:
-            self.proto.transport.write(body)
+            self.proto.write(body)
         self.end()
 
     def start_response(self, status: int, headers: Headers, content_length: int | None) -> None:
@@ -168,38 +149,55 @@ class RequestCycle:
         if self.proto.closing or not self.request_complete or self.proto.state.draining:
             # An unread request body leaves the connection unusable; draining ends keep-alive.
             self.keep_alive = False
-        extra: Headers = []
+        out = [status_line(status)]
+        for name, value in headers:
+            out += (name, b": ", value, b"\r\n")
         if content_length is not None:
-            extra.append((CONTENT_LENGTH, b"%d" % content_length))
+            out.append(b"content-length: %d\r\n" % content_length)
         elif status >= 200 and status not in (204, 304) and self.write_body:
             if self.http_version == "1.1":
                 self.chunked_response = True
-                extra.append((b"transfer-encoding", b"chunked"))
+                out.append(b"transfer-encoding: chunked\r\n")
             else:
                 # HTTP/1.0 has no chunked coding: the end of the body is the close.
                 self.keep_alive = False
         if not self.keep_alive:
-            extra.append((b"connection", b"close"))
+            out.append(b"connection: close\r\n")
         elif self.http_version == "1.0":
-            extra.append((b"connection", b"keep-alive"))
-        self.proto.transport.write(
-            b"".join((status_line(status), encode_headers(headers), encode_headers(extra), b"\r\n"))
-        )
+            out.append(b"connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        self.proto.write(b"".join(out))
 
     def write(self, chunk: bytes) -> None:
         if not self.write_body or not chunk or self.proto.closing:
             return
         if self.chunked_response:
-            self.proto.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            proto = self.proto
+            proto.write(b"%x\r\n" % len(chunk))
+            proto.write(chunk)
+            proto.write(b"\r\n")
         else:
-            self.proto.transport.write(chunk)
+            self.proto.write(chunk)
 
     def end(self) -> None:
         if self.response_complete:
             return
         self.response_complete = True
         if self.chunked_response:
-            self.proto.transport.write(b"0\r\n\r\n")
+            self.proto.write(b"0\r\n\r\n")
+
+    def complete(self) -> None:
+        """The handler is done with this request (the response is written or abandoned)."""
+        if not self.finished:
+            self.finished = True
+            self.proto._finish(self)
+
+    def cancel(self) -> None:
+        """Stop the handler's work (deadline passed, client gone); it completes the cycle."""
+        cb = self.on_cancel
+        self.on_cancel = None
+        if cb is not None:
+            cb()
 
     def send_error(self, code: str, correlation_id: str | None, extra: Headers | None = None) -> None:
         status, body = error_body(code, correlation_id)
@@ -209,7 +207,7 @@ class RequestCycle:
         """Answer `Expect: 100-continue` once the gateway decides to read the body (RFC 9110 §10.1.1)."""
         if self.expect_continue and not self.response_started:
             self.expect_continue = False
-            self.proto.transport.write(CONTINUE_100)
+            self.proto.write(CONTINUE_100)
 
 
 class HttpServerProtocol(asyncio.Protocol):
@@ -232,8 +230,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self.active: RequestCycle | None = None
         self.pipeline: deque[RequestCycle] = deque()
         self.last_activity = 0.0
-        self.watch_at = 0.0
+        self.watch_at = INF  # when the watchdog fires next (INF: not armed)
         self.watchdog: asyncio.TimerHandle | None = None
+        self.out: list[bytes] | None = None  # writes held back while corked
         # per request (being parsed)
         self.url = b""
         self.headers: Headers = []
@@ -251,10 +250,10 @@ class HttpServerProtocol(asyncio.Protocol):
         if len(self.state.connections) >= self.limits.max_connections or self.state.draining:
             # Over the limit: answer 503 rather than a silent RST, so clients see why.
             status, body = error_body("overloaded" if not self.state.draining else "draining", None)
-            head = status_line(status) + encode_headers(error_headers()) + b"content-length: %d\r\n" % len(body)
-            transport.write(head + b"connection: close\r\n\r\n" + body)
+            head = status_line(status) + encode_headers(error_headers())
+            self.transport.write(head + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
             self.closing = True
-            transport.close()
+            self.transport.close()
             return
         self.state.connections.add(self)
         self._arm(self.last_activity + self.limits.idle_timeout)
@@ -265,13 +264,13 @@ class HttpServerProtocol(asyncio.Protocol):
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
-        for cycle in (self.active, *self.pipeline):
-            if cycle is not None:
-                if cycle.body is not None:
-                    cycle.body.abort()
-                if cycle.task is not None and not cycle.task.done():
-                    cycle.task.cancel()
         self.pipeline.clear()
+        cycle = self.active
+        if cycle is not None:
+            if cycle.body is not None:
+                cycle.body.abort()
+            cycle.cancel()
+            cycle.complete()
 
     def eof_received(self) -> bool | None:
         # A client may half-close after its last request (`shutdown(SHUT_WR)`); keep the
@@ -327,19 +326,21 @@ class HttpServerProtocol(asyncio.Protocol):
             cycle.flow.resume_reading()
 
     # ------------------------------------------------------------------ parser callbacks
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = []
-        self.header_bytes = 0
-        self.in_headers = True
-        self.request_start = self.loop.time()
-        if self.active is None:
-            self._arm(self.request_start + self.limits.request_timeout)
-
+    # No on_message_begin: the request line always starts with the URL, so on_url opens
+    # the request (one parser callback fewer per request).
     def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > self.limits.max_header_bytes:
-            raise HttpError("headers_too_large")
+        if self.in_headers:
+            self.url += url
+            if len(self.url) > self.limits.max_header_bytes:
+                raise HttpError("headers_too_large")
+            return
+        self.url = url
+        self.headers = []
+        self.header_bytes = len(url)
+        self.in_headers = True
+        self.request_start = now = self.loop.time()
+        if self.active is None and self.watch_at > now + self.limits.request_timeout:
+            self._arm(now + self.limits.request_timeout)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value) + 4
@@ -407,24 +408,19 @@ class HttpServerProtocol(asyncio.Protocol):
     def _start(self, cycle: RequestCycle) -> None:
         self.active = cycle
         self.state.in_flight += 1
-        if cycle.deadline < self.watch_at or self.watchdog is None:
+        if cycle.deadline < self.watch_at:
             self._arm(cycle.deadline)
-        cycle.task = self.loop.create_task(self._run(cycle))
-
-    async def _run(self, cycle: RequestCycle) -> None:
         try:
-            await self.handler(cycle)
-        except asyncio.CancelledError:
-            pass
+            self.handler(cycle)
         except Exception:
             log.exception("request handler failed")
             if not cycle.response_started and not self.closing:
                 cycle.keep_alive = False
-                cycle.send_error("internal_error", None)
-        finally:
-            self._finish(cycle)
+                cycle.send_error("internal_error", cycle.request_id)
+            cycle.complete()
 
     def _finish(self, cycle: RequestCycle) -> None:
+        """Called once per cycle through `cycle.complete()`."""
         self.state.in_flight -= 1
         cycle.flow = None
         if self.closing:
@@ -433,7 +429,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self._close()
             return
         self.active = None
-        self.last_activity = self.loop.time()
+        self.last_activity = cycle.proto.loop.time()
         if self.pipeline:
             self._start(self.pipeline.popleft())
             if self.read_paused and len(self.pipeline) < MAX_PIPELINED // 2:
@@ -447,10 +443,12 @@ class HttpServerProtocol(asyncio.Protocol):
         if active is not None and self.parsing is active:
             # The request being handled broke its own framing or limits (e.g. body too large).
             active.keep_alive = False
-            if active.task is not None:
-                active.task.cancel()
             if not active.response_started:
                 active.send_error(code, active.request_id)
+            active.cancel()
+            active.complete()
+            self._close()
+            return
         elif active is None and not self.pipeline:
             status, body = error_body(code, None)
             head = status_line(status) + encode_headers(error_headers())
@@ -467,6 +465,8 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         if not self.closing:
+            if self.out:
+                self.uncork()
             self.closing = True
             self.transport.close()
 
@@ -483,6 +483,36 @@ class HttpServerProtocol(asyncio.Protocol):
             if cycle is not None:
                 cycle.keep_alive = False
 
+    # ------------------------------------------------------------------ output
+    def write(self, data: bytes) -> None:
+        if self.out is not None:
+            self.out.append(data)
+        elif not self.closing:
+            self.transport.write(data)
+
+    def cork(self) -> bool:
+        """Hold writes until `uncork()`; True if this call started holding.
+
+        A small response arrives from the upstream in one read: head and body go out in
+        one write instead of two (one syscall, one TCP segment), and pipelined answers
+        produced in one read leave together.
+        """
+        if self.out is None:
+            self.out = []
+            return True
+        return False
+
+    def uncork(self) -> None:
+        out = self.out
+        self.out = None
+        if out and not self.closing:
+            if len(out) == 1:
+                self.transport.write(out[0])
+            elif sum(map(len, out)) <= UNCORK_JOIN_MAX:
+                self.transport.write(b"".join(out))
+            else:
+                self.transport.writelines(out)
+
     # ------------------------------------------------------------------ flow control
     def pause_reading(self) -> None:
         if not self.read_paused and not self.closing:
@@ -497,7 +527,7 @@ class HttpServerProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ timeouts
     def watch(self, when: float) -> None:
         """Make sure the watchdog fires no later than `when`."""
-        if self.watchdog is None or when < self.watch_at:
+        if when < self.watch_at:
             self._arm(when)
 
     def _arm(self, when: float) -> None:
@@ -508,6 +538,7 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def _on_watchdog(self) -> None:
         self.watchdog = None
+        self.watch_at = INF
         if self.closing:
             return
         now = self.loop.time()
@@ -547,9 +578,9 @@ class HttpServerProtocol(asyncio.Protocol):
         cycle.timed_out = True
         cycle.keep_alive = False
         late_client = not cycle.request_complete
-        if cycle.task is not None:
-            cycle.task.cancel()
         cycle.send_error("request_timeout" if late_client else "upstream_timeout", cycle.request_id)
+        cycle.cancel()
+        cycle.complete()
 
 
 def make_protocol_factory(handler: Handler, state: ServerState, scheme: str) -> Callable[[], Any]:

@@ -28,7 +28,7 @@ def configure(level: str = "INFO", service: str = "api-gateway", fmt: str = "jso
 
 def _timestamp() -> str:
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".%03dZ" % int(now % 1 * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
 def emit(level: str, component: str, event_type: str, message: str, **fields: Any) -> None:
