@@ -104,7 +104,43 @@ def _load(text: str, env: Mapping[str, str], base_dir: str, secrets: set[str]) -
     problems = doc.problems + expansion.problems + later
     if problems or config is None:
         raise _Invalid(problems)
-    return config
+    return _resolve_paths(config, base_dir)
+
+
+def _resolve_paths(cfg: Config, base_dir: str) -> Config:
+    """Make file paths absolute from the config file's directory, as `checks` read them.
+
+    Done once here so that `apigate check` and `apigate serve` agree whatever the working
+    directory of the process (a systemd unit, a container entrypoint) happens to be.
+    """
+
+    def absolute(path: str) -> str:
+        return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
+
+    update: dict[str, object] = {}
+    tls = cfg.server.tls
+    if tls is not None:
+        tls = tls.model_copy(
+            update={"cert_path": absolute(tls.cert_path), "key_path": absolute(tls.key_path)}
+        )
+        update["server"] = cfg.server.model_copy(update={"tls": tls})
+    update["upstreams"] = [
+        u.model_copy(update={"ca_path": absolute(u.ca_path)}) if u.ca_path else u for u in cfg.upstreams
+    ]
+    if cfg.auth is not None and cfg.auth.jwt_public_key_path:
+        update["auth"] = cfg.auth.model_copy(
+            update={"jwt_public_key_path": absolute(cfg.auth.jwt_public_key_path)}
+        )
+    sinks = [
+        s.model_copy(update={"file": s.file.model_copy(update={"path": absolute(s.file.path)})})
+        if s.file is not None
+        else s
+        for s in cfg.logging.sinks
+    ]
+    update["logging"] = cfg.logging.model_copy(
+        update={"sinks": sinks, "spool_dir": absolute(cfg.logging.spool_dir)}
+    )
+    return cfg.model_copy(update=update)
 
 
 def summarize(cfg: Config) -> str:
