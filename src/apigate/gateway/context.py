@@ -22,6 +22,7 @@ class RequestContext:
     """
 
     request_id = ""
+    request_id_b = b""  # the same, encoded once for headers
     route: Route | None = None
     params: dict[str, str] = {}  # read-only default
     status = 0

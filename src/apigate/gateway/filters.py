@@ -159,15 +159,15 @@ class CorrelationFilter(Filter):
     priority = 100_000
 
     def on_request(self, ctx: RequestContext) -> RequestOutcome:
-        for name, value in ctx.cycle.headers:
-            if name == X_REQUEST_ID:
-                if is_sane_request_id(value):
-                    ctx.request_id = value.decode("ascii")
-                break
-        if not ctx.request_id:
-            ctx.request_id = new_request_id()
-        ctx.cycle.request_id = ctx.request_id
+        cycle = ctx.cycle
+        given = cycle.client_request_id  # captured by the listener's header scan
+        if given is not None and is_sane_request_id(given):
+            ctx.request_id_b = given
+            ctx.request_id = cycle.request_id = given.decode("ascii")
+        else:
+            ctx.request_id = cycle.request_id = rid = new_request_id()
+            ctx.request_id_b = rid.encode("ascii")
         return None
 
     def on_response(self, ctx: RequestContext, status: int, headers: Headers) -> None:
-        headers.append((X_REQUEST_ID, ctx.request_id.encode("ascii")))
+        headers.append((X_REQUEST_ID, ctx.request_id_b))

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import re
 
+# A path that needs no normalisation: segments that do not start with '.', no '%', no
+# empty segments. One regex call decides the common case.
+_CLEAN_PATH = re.compile(rb"(?:/[^/%.?#\x00-\x20][^/%?#\x00-\x20]*)*/?").fullmatch
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
 
@@ -21,6 +24,8 @@ def split_target(target: bytes) -> tuple[str, bytes] | None:
         raw, query = target[:q], target[q:]
     else:
         raw, query = target, b""
+    if _CLEAN_PATH(raw) is not None:
+        return raw.decode("latin-1"), query
     if not raw.startswith(b"/"):
         # absolute-form (RFC 9112 §3.2.2): keep only the path.
         lower = raw[:8].lower()

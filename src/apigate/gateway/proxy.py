@@ -80,14 +80,15 @@ def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: b
                     return build_request_head(ctx, pool, upstream_path)
             continue
         out += (name, b": ", value, b"\r\n")
-    client = ctx.client_ip.encode("ascii")
+    proto = cycle.proto
+    client = proto.client_ip_b
     out += (
         b"x-request-id: ",
-        ctx.request_id.encode("ascii"),
+        ctx.request_id_b,
         b"\r\nx-forwarded-for: ",
         client if xff is None else xff + b", " + client,
         b"\r\nx-forwarded-proto: ",
-        cycle.scheme.encode("ascii"),
+        proto.scheme_b,
         b"\r\n",
     )
     if host:

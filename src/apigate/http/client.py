@@ -70,6 +70,9 @@ class ResponseSink(Protocol):
     def on_upstream_failed(self, error: UpstreamError) -> None: ...
 
 
+_FRAMING = frozenset({CONTENT_LENGTH, TRANSFER_ENCODING})
+
+
 def _discard(chunk: bytes) -> None:
     return None
 
@@ -97,7 +100,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = False
         self.headers: Headers = []
         self.status = 0
-        self.length: int | None = None
+        self.length: int | None = None  # Content-Length of the response being parsed
+        self.chunked = False
         self.until_close = False
         self.keep_alive = True
         self.got_head = False
@@ -209,7 +213,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ parser callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        name = name.lower()
+        self.headers.append((name, value))
+        # Framing noted here rather than in a second pass over the headers.
+        if name in _FRAMING:
+            if name == CONTENT_LENGTH:
+                self.length = int(value)  # llhttp already rejected a malformed length
+            else:
+                self.chunked = True
 
     def on_headers_complete(self) -> None:
         headers = self.headers
@@ -217,21 +228,19 @@ class UpstreamConnection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if status < 200:
             # Interim responses (100, 103) are not forwarded; llhttp parses the final one next.
+            self.length = None
+            self.chunked = False
             return
         self.status = status
         self.got_head = True
         self.keep_alive = self.parser.should_keep_alive()
-        length: int | None = None
-        chunked = False
-        for name, value in headers:
-            if name == CONTENT_LENGTH:
-                length = int(value)
-            elif name == TRANSFER_ENCODING:
-                chunked = True
+        length = self.length
+        chunked = self.chunked
+        self.length = None
+        self.chunked = False
         if chunked:
-            length = None
+            length = None  # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length
         self.until_close = length is None and not chunked and status not in (204, 304) and not self.head_only
-        self.length = length
         sink = self.sink
         if sink is not None:
             sink.on_upstream_head(status, headers, length)

@@ -29,6 +29,8 @@ from apigate.http.errors import HttpError
 from apigate.http.headers import (
     CONTENT_LENGTH,
     EXPECT,
+    TRANSFER_ENCODING,
+    X_REQUEST_ID,
     Headers,
     encode_headers,
     status_line,
@@ -39,6 +41,7 @@ log = logging.getLogger("apigate.http")
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 UNCORK_JOIN_MAX = 256 * 1024  # corked writes up to this size are joined, larger ones vectored
 MAX_PIPELINED = 32
+_FRAMING_OR_ID = frozenset({CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, X_REQUEST_ID})
 INF = float("inf")  # queued requests per connection before reading pauses
 
 
@@ -106,6 +109,7 @@ class RequestCycle:
     finished = False
     timed_out = False
     upstream_deadline = 0.0  # set by the proxy while it waits on an upstream
+    client_request_id: bytes | None = None  # the client's X-Request-ID, as sent
 
     def __init__(
         self,
@@ -128,7 +132,6 @@ class RequestCycle:
         self.content_length = content_length
         self.body = body
         self.client: str = proto.client_ip
-        self.scheme: str = proto.scheme
         self.deadline = deadline
         self.request_complete = body is None
         self.write_body = method != "HEAD"
@@ -220,10 +223,12 @@ class HttpServerProtocol(asyncio.Protocol):
         self.limits = state.limits
         self.loop = asyncio.get_running_loop()
         self.scheme = scheme
+        self.scheme_b = scheme.encode("ascii")
         # per connection
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpRequestParser(self)
         self.client_ip = ""
+        self.client_ip_b = b""
         self.closing = False
         self.read_paused = False
         self.write_paused = False
@@ -246,6 +251,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "unix"
+        self.client_ip_b = self.client_ip.encode("ascii")
         self.last_activity = self.loop.time()
         if len(self.state.connections) >= self.limits.max_connections or self.state.draining:
             # Over the limit: answer 503 rather than a silent RST, so clients see why.
@@ -355,15 +361,19 @@ class HttpServerProtocol(asyncio.Protocol):
         content_length: int | None = None
         expect = False
         chunked = False
+        request_id: bytes | None = None
         for name, value in self.headers:
-            if name == CONTENT_LENGTH:
-                content_length = int(value)  # llhttp already rejected non-numeric values
-            elif name == EXPECT:
-                if value.lower() != b"100-continue":
-                    raise HttpError("bad_request")
-                expect = True
-            elif name == b"transfer-encoding":
-                chunked = True
+            if name in _FRAMING_OR_ID:
+                if name == CONTENT_LENGTH:
+                    content_length = int(value)  # llhttp already rejected non-numeric values
+                elif name == X_REQUEST_ID:
+                    request_id = value
+                elif name == EXPECT:
+                    if value.lower() != b"100-continue":
+                        raise HttpError("bad_request")
+                    expect = True
+                else:
+                    chunked = True
         body: BodyReader | None = None
         if chunked or (content_length is not None and content_length > 0):
             max_body = self.limits.max_body_bytes
@@ -381,7 +391,10 @@ class HttpServerProtocol(asyncio.Protocol):
             body,
             self.request_start + self.limits.request_timeout,
         )
-        cycle.expect_continue = expect
+        if expect:
+            cycle.expect_continue = True
+        if request_id is not None:
+            cycle.client_request_id = request_id
         self.parsing = cycle
         if self.active is None:
             self._start(cycle)
