@@ -106,6 +106,7 @@ def cmd_demo(path: str | None, upstream_port: int) -> int:
     if cfg is None:
         return EXIT_CONFIG
     events.configure(cfg.logging.level, cfg.logging.service, cfg.logging.format)
+    events.emit("INFO", "config", "config_loaded", "Configuration loaded", path=path, summary=summarize(cfg))
     return _run(_demo(cfg, upstream_port))
 
 
@@ -125,9 +126,14 @@ async def _demo(cfg: Config, upstream_port: int) -> int:
     s = cfg.server
     host = "127.0.0.1" if s.bind_address in ("0.0.0.0", "::") else s.bind_address
     base = f"{'https' if s.tls else 'http'}://{host}:{s.port}"
+    obs = cfg.observability
+    metrics_host = obs.metrics_bind_address or host
+    metrics_host = "127.0.0.1" if metrics_host in ("0.0.0.0", "::") else metrics_host
+    metrics = f"http://{metrics_host}:{obs.metrics_port}/metrics" if obs.metrics_enabled else "off"
     print(
         f"\napigate {__version__} demo\n"
         f"  gateway   {base}\n"
+        f"  metrics   {metrics}\n"
         f"  health    {base}/health/ready\n"
         f"  upstream  http://127.0.0.1:{upstream_port}  (built-in demo service)\n"
         f"  routes    {', '.join(f'{r.id} {r.path}' for r in cfg.routes)}\n\n"

@@ -13,8 +13,6 @@ import ssl
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-import orjson
-
 from apigate.config.schema import Config
 from apigate.gateway.context import RequestContext
 from apigate.gateway.errors import error_body, error_headers
@@ -25,12 +23,16 @@ from apigate.gateway.router import Match, NoMatch, Router
 from apigate.http.client import UpstreamError, UpstreamPool
 from apigate.http.server import Limits, ServerState, make_protocol_factory
 from apigate.logs import events
+from apigate.telemetry.admin import AdminApp, Health
+
+# The metrics listener serves scrapes and probes: a few connections, small requests.
+ADMIN_LIMITS = Limits(
+    max_connections=64, idle_timeout=30, request_timeout=10, max_header_bytes=16384, max_body_bytes=1024
+)
 
 if TYPE_CHECKING:
     from apigate.http.server import RequestCycle
 
-HEALTH_LIVE = "/health/live"
-HEALTH_READY = "/health/ready"
 JSON = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 
@@ -65,9 +67,9 @@ class App:
             )
         )
         hc = cfg.observability.health_checks
-        self.health_live = hc.liveness_enabled
-        self.health_ready = hc.readiness_enabled
+        self.health = Health(self.state, hc.liveness_enabled, hc.readiness_enabled)
         self.servers: list[asyncio.Server] = []
+        self.admin_server: asyncio.Server | None = None
         self.proxy = Proxy(self.pools, self.timeouts, self._proxied)
 
     # ------------------------------------------------------------------ the request's journey
@@ -156,12 +158,9 @@ class App:
         cycle.complete()
 
     def _local(self, ctx: RequestContext, path: str, allow: tuple[str, ...]) -> Response:
-        if path == HEALTH_LIVE and self.health_live:
-            return Response(200, list(JSON), b'{"status":"ok"}')
-        if path == HEALTH_READY and self.health_ready:
-            if self.state.draining:
-                return Response(503, list(JSON), orjson.dumps({"status": "draining"}))
-            return Response(200, list(JSON), b'{"status":"ready"}')
+        health = self.health.answer(path)
+        if health is not None:
+            return Response(health[0], list(JSON), health[1])
         if allow:
             return Response.error_reply(
                 "method_not_allowed", ctx, [(b"allow", ", ".join(allow).encode("ascii"))]
@@ -208,6 +207,25 @@ class App:
             address=f"{s.bind_address}:{s.port}",
             tls=sslctx is not None,
         )
+        obs = self.cfg.observability
+        if obs.metrics_enabled:
+            # The metrics listener stays open while draining: readiness must say 503 then.
+            admin = AdminApp(self.state, self.health, obs.metrics_enabled)
+            host = obs.metrics_bind_address or s.bind_address
+            admin_state = ServerState(ADMIN_LIMITS)
+            self.admin_server = await self.loop.create_server(
+                make_protocol_factory(admin.handle, admin_state, "http"),
+                host,
+                obs.metrics_port,
+                reuse_port=reuse_port or None,
+            )
+            events.emit(
+                "INFO",
+                "telemetry",
+                "listener_started",
+                "Metrics listener started",
+                address=f"{host}:{obs.metrics_port}",
+            )
 
     async def shutdown(self) -> None:
         """Stop accepting, let in-flight requests finish (up to drain_timeout), then close."""
@@ -221,6 +239,8 @@ class App:
             conn.transport.abort()
         for pool in self.pools.values():
             pool.close()
+        if self.admin_server is not None:
+            self.admin_server.close()
         events.emit("INFO", "server", "listener_stopped", "Listener stopped", address=self.address)
 
     @property

@@ -1,0 +1,1 @@
+"""Metrics and health: what operators and Kubernetes probes ask the gateway."""

@@ -1,0 +1,64 @@
+"""The metrics listener (`observability.metrics_port`): /metrics and /health/*.
+
+Kept off the proxy port so scrapes and probes never compete with traffic for
+connection slots, and so the port can be firewalled separately (Envoy's admin port,
+Kong's status listener). Health endpoints answer on both ports.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+
+from apigate.gateway.errors import error_body, error_headers
+from apigate.http.headers import Headers
+from apigate.telemetry import metrics
+
+if TYPE_CHECKING:
+    from apigate.http.server import RequestCycle, ServerState
+
+HEALTH_LIVE = "/health/live"
+HEALTH_READY = "/health/ready"
+_JSON: Headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+
+
+class Health:
+    """Liveness and readiness as the gateway sees them (dependency checks come later)."""
+
+    def __init__(self, state: ServerState, liveness: bool, readiness: bool) -> None:
+        self.state = state
+        self.liveness = liveness
+        self.readiness = readiness
+
+    def answer(self, path: str) -> tuple[int, bytes] | None:
+        """(status, JSON body) for a health path, or None if it is not one (or is off)."""
+        if path == HEALTH_LIVE and self.liveness:
+            return 200, b'{"status":"ok"}'
+        if path == HEALTH_READY and self.readiness:
+            if self.state.draining:
+                return 503, orjson.dumps({"status": "draining"})
+            return 200, b'{"status":"ready"}'
+        return None
+
+
+class AdminApp:
+    """Handler for the metrics listener."""
+
+    def __init__(self, state: ServerState, health: Health, metrics_enabled: bool) -> None:
+        self.state = state
+        self.health = health
+        self.metrics_enabled = metrics_enabled
+
+    def handle(self, cycle: RequestCycle) -> None:
+        path = cycle.target.split(b"?", 1)[0].decode("latin-1")
+        if path == "/metrics" and self.metrics_enabled:
+            cycle.send_response(200, [(b"content-type", metrics.CONTENT_TYPE)], metrics.render(self.state))
+        else:
+            answer = self.health.answer(path)
+            if answer is not None:
+                cycle.send_response(answer[0], list(_JSON), answer[1])
+            else:
+                status, body = error_body("not_found", None, "Not a metrics or health endpoint.")
+                cycle.send_response(status, error_headers(), body)
+        cycle.complete()
