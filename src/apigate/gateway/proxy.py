@@ -76,7 +76,9 @@ def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: b
                 # Connection names more hop-by-hop fields (rare): drop them and start over.
                 named = _connection_named(headers)
                 if named:
-                    cycle.headers = [(n, v) for n, v in headers if n not in named]
+                    # Connection goes too: the rebuilt head would find it again and
+                    # recurse until RecursionError (a 500 for any such request).
+                    cycle.headers = [(n, v) for n, v in headers if n not in named and n != CONNECTION]
                     return build_request_head(ctx, pool, upstream_path)
             continue
         out += (name, b": ", value, b"\r\n")
@@ -166,14 +168,17 @@ class Exchange:
         ctx = self.ctx
         ctx.upstream_duration = self.loop.time() - ctx.start
         out: Headers = []
+        named: set[bytes] | None = None
         for header in headers:
             name = header[0]
             if name in _SKIP_RESPONSE:
                 if name == CONNECTION and header[1].lower() not in _TRIVIAL_CONNECTION_VALUES:
-                    named = _connection_named(headers) or set()
-                    out = [(n, v) for n, v in out if n not in named]
+                    named = _connection_named(headers)
                 continue
             out.append(header)
+        if named:
+            # After the loop: a field Connection names may also come after Connection.
+            out = [(n, v) for n, v in out if n not in named]
         if ctx.response_headers:
             out.extend(ctx.response_headers)
         self.chain.run_response(ctx, status, out)
