@@ -204,7 +204,12 @@ class RequestCycle:
 
     def send_error(self, code: str, correlation_id: str | None, extra: Headers | None = None) -> None:
         status, body = error_body(code, correlation_id)
-        self.send_response(status, error_headers(extra), body)
+        headers = error_headers(extra)
+        if correlation_id:
+            # These replies (408/413/504 from the listener) bypass the filters' on_response,
+            # which is where X-Request-ID is added to every other response.
+            headers.append((X_REQUEST_ID, correlation_id.encode("ascii")))
+        self.send_response(status, headers, body)
 
     def send_continue(self) -> None:
         """Answer `Expect: 100-continue` once the gateway decides to read the body (RFC 9110 §10.1.1)."""
