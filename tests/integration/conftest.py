@@ -6,8 +6,6 @@ fixture starts is stopped by its finalizer, also when the test fails.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,20 +22,8 @@ from harness import (
     UpstreamProcess,
     free_port,
     gateway_config,
+    require_tool,
 )
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require_tool(name: str, *extra_paths: str) -> str:
-    """The path of an external tool; skip without it, except in CI where that is a failure."""
-    path = shutil.which(name) or next((p for p in extra_paths if os.access(p, os.X_OK)), None)
-    if path is None:
-        message = f"{name} is not installed (scripts/install-test-deps.sh installs it)"
-        if IN_CI:
-            pytest.fail(message + "; CI=true forbids skipping")
-        pytest.skip(message)
-    return path
 
 
 class _Gateways:

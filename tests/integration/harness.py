@@ -50,6 +50,24 @@ BLOCK = hashlib.sha256(b"apigate").digest() * (MiB // 32)
 assert len(BLOCK) == MiB
 
 
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_tool(name: str, *extra_paths: str) -> str:
+    """The path of an external tool; skip without it, except in CI where that is a failure."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name) or next((p for p in extra_paths if os.access(p, os.X_OK)), None)
+    if path is None:
+        message = f"{name} is not installed (scripts/install-test-deps.sh installs it)"
+        if IN_CI:
+            pytest.fail(message + "; CI=true forbids skipping")
+        pytest.skip(message)
+    return path
+
+
 def free_port() -> int:
     """A port nobody listens on right now (the kernel's pick)."""
     with socket.socket() as s:
