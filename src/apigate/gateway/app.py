@@ -18,6 +18,7 @@ from apigate.gateway.context import RequestContext
 from apigate.gateway.errors import error_body, error_headers
 from apigate.gateway.filters import CorrelationFilter, Filter, FilterChain, Response
 from apigate.gateway.paths import split_target
+from apigate.gateway.plugins import build_filters
 from apigate.gateway.proxy import Proxy
 from apigate.gateway.router import Match, NoMatch, Router
 from apigate.http.client import UpstreamError, UpstreamPool
@@ -38,6 +39,7 @@ JSON = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 class App:
     def __init__(self, cfg: Config, filters: list[Filter] | None = None) -> None:
+        """`filters` defaults to what the configuration turns on (gateway/plugins.py)."""
         self.cfg = cfg
         self.loop = asyncio.get_running_loop()
         self.router = Router(cfg.routes)
@@ -52,7 +54,9 @@ class App:
                 ca_path=up.ca_path,
             )
             self.timeouts[up.id] = up.timeout_secs
-        chain_filters: list[Filter] = [CorrelationFilter(), *(filters or [])]
+        if filters is None:
+            filters = build_filters(cfg)
+        chain_filters: list[Filter] = [CorrelationFilter(), *filters]
         for route in self.router.routes:
             route.chain = FilterChain([f for f in chain_filters if f.applies_to(route)])
         self.unmatched_chain = FilterChain([f for f in chain_filters if f.applies_to(None)])

@@ -1,0 +1,17 @@
+"""Which filters a configuration turns on, in one place (Kong's plugin list).
+
+Each concern lives in its own package and contributes one filter here; `App` sorts
+them by priority. Correlation (X-Request-ID) is always on and added by `App` itself.
+"""
+
+from __future__ import annotations
+
+from apigate.config.schema import Config
+from apigate.gateway.filters import Filter
+
+
+def build_filters(cfg: Config) -> list[Filter]:
+    filters: list[Filter] = []
+    # auth/ (priority 1250), ratelimit/ (910), telemetry/ metrics and logs/ access events
+    # (on_complete only) register here as they are configured.
+    return filters
