@@ -73,6 +73,8 @@ def parse(path):
     d["errs"] += sum(map(int, m.groups())) if m else 0
     m = re.search(r"cpu_ticks (-?\d+) hz (\d+) wall ([\d.]+)", t)
     d["cpu_us"] = int(m.group(1)) / int(m.group(2)) / max(d["n"], 1) * 1e6 if m else float("nan")
+    m2 = re.search(r"other_cpu_ticks (-?\d+)", t)
+    d["other"] = max(int(m2.group(1)), 0) / int(m.group(2)) / float(m.group(3)) * 100 if m and m2 else float("nan")
     m = re.search(r"upstream_timewait_delta (-?\d+)", t)
     d["tw"] = int(m.group(1)) if m else 0
     return d
@@ -93,10 +95,12 @@ for p in peers:
         "rps": med("rps"), "lo": min(r["rps"] for r in ok), "hi": max(r["rps"] for r in ok),
         "p50": med("p50"), "p99": med("p99"), "errs": sum(r["errs"] for r in ok),
         "cpu_us": med("cpu_us"), "tw": max(r["tw"] for r in ok), "rounds": len(ok),
+        "other": med("other"), "other_max": max(r["other"] for r in ok),
         "failed": len(runs) - len(ok),
     }
 ng = rows.get("nginx", {}).get("rps")
-hdr = f"{'peer':<9}{'req/s med':>11}{'(min-max)':>19}{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}{'us/req':>8}{'/nginx':>8}{'rounds':>7}"
+hdr = (f"{'peer':<9}{'req/s med':>11}{'(min-max)':>19}{'p50 ms':>8}{'p99 ms':>8}{'errors':>8}{'us/req':>8}"
+       f"{'/nginx':>8}{'other%':>8}{'rounds':>7}")
 print(hdr)
 print("-" * len(hdr))
 for p, r in rows.items():
@@ -104,16 +108,22 @@ for p, r in rows.items():
         print(f"{p:<9}  all {r['failed']} measurement(s) failed: see {res}/wrk.{p}.*.txt")
         continue
     rel = f"{r['rps'] / ng:.2f}" if ng else "-"
+    other = "-" if r["other"] != r["other"] else f"{r['other']:.0f}"  # nan: not recorded
     rounds = f"{r['rounds']}" + (f"+{r['failed']}!" if r["failed"] else "")
     print(f"{p:<9}{r['rps']:>11.0f}{'(%.0f-%.0f)' % (r['lo'], r['hi']):>19}{r['p50']:>8.2f}{r['p99']:>8.2f}"
-          f"{r['errs']:>8}{r['cpu_us']:>8.1f}{rel:>8}{rounds:>7}")
+          f"{r['errs']:>8}{r['cpu_us']:>8.1f}{rel:>8}{other:>8}{rounds:>7}")
 print()
 print("req/s and latencies: median over rounds (min-max of req/s); errors: non-2xx + socket errors, all rounds;")
 print("us/req: CPU time of the peer's processes per request (for 'direct': the upstream nginx, sharing CPU with wrk);")
-print("/nginx: median req/s relative to the plain nginx proxy; rounds: measured (+N! = N failed wrk runs).")
+print("/nginx: median req/s relative to the plain nginx proxy; rounds: measured (+N! = N failed wrk runs);")
+print("other%: CPU used meanwhile by anything but wrk, upstream and peer: other work on the machine")
+print("        (% of one core; user+system+steal from /proc/stat, softirq excluded).")
 ag = rows.get("apigate", {}).get("rps")
 if ag and ng:
     print(f"\napigate/nginx = {ag / ng:.2f}  (median req/s; issue target for the proxy-only gateway: >= 0.40)")
+busy = {p: round(r["other_max"]) for p, r in rows.items() if r.get("other_max", 0) > 10}
+if busy:
+    print(f"warning: other work on the machine during some measurements (max other% {busy}): figures are noisy")
 tw = {p: r["tw"] for p, r in rows.items() if p != "direct" and r.get("tw", 0) > 100}
 if tw:
     print(f"warning: new TIME_WAIT sockets to the upstream during a run: {tw} (upstream keep-alive not reused?)")
@@ -368,8 +378,17 @@ want direct || want nginx || want apigate || die "no peer left to measure"
 
 # ------------------------------------------------------------------ rounds
 WRK_TIMEOUT=$((WARMUP + DURATION + 30))
+HZ=$(getconf CLK_TCK)
+# user+nice+system+steal of all CPUs; irq/softirq left out: on loopback that is mostly our own traffic
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $9; exit }' /proc/stat; }
+# `times` (a builtin, called in this shell, not in a $(...) subshell) writes the CPU time of the
+# children this shell has waited for (wrk); children_ticks FILE converts its second line to ticks
+children_ticks() {
+  awk -v hz="$HZ" 'NR == 2 { s = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); s += a[1] * 60 + a[2] }
+                             printf "%d\n", s * hz + 0.5 }' "$1"
+}
 run_wrk() { # peer round
-  local p=$1 r=$2 u out c0 c1 t0 t1 tw0 tw1
+  local p=$1 r=$2 u out c0 c1 up0 up1 b0 b1 w0 w1 t0 t1 tw0 tw1 ours
   u=$(url_of "$p")
   out=$RES/wrk.$p.$r.txt
   if [ "$WARMUP" -gt 0 ]; then
@@ -377,15 +396,27 @@ run_wrk() { # peer round
   fi
   tw0=$(ss -Htn state time-wait "( dport = :$UP_PORT )" | wc -l)
   c0=$(cpu_ticks "${PID_OF[$p]}")
-  t0=$(date +%s.%N)
+  up0=$(cpu_ticks "${PID_OF[upstream]}")
+  b0=$(busy_ticks)
+  times >"$RUN/times.0"
+  t0=$EPOCHREALTIME
   if ! timeout --foreground -k 5 "$WRK_TIMEOUT" taskset -c "$LOADCPU" wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$u" >"$out" 2>&1; then
     log "round $r $p: wrk failed (see ${out#"$REPO"/})"
   fi
-  t1=$(date +%s.%N)
+  t1=$EPOCHREALTIME
+  times >"$RUN/times.1"
+  b1=$(busy_ticks)
+  w0=$(children_ticks "$RUN/times.0")
+  w1=$(children_ticks "$RUN/times.1")
+  up1=$(cpu_ticks "${PID_OF[upstream]}")
   c1=$(cpu_ticks "${PID_OF[$p]}")
   tw1=$(ss -Htn state time-wait "( dport = :$UP_PORT )" | wc -l)
+  # CPU used by anything but wrk, the upstream and the peer: other work on a shared machine
+  ours=$(((up1 - up0) + (w1 - w0)))
+  if [ "$p" != direct ]; then ours=$((ours + c1 - c0)); fi
   {
-    echo "cpu_ticks $((c1 - c0)) hz $(getconf CLK_TCK) wall $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
+    echo "cpu_ticks $((c1 - c0)) hz $HZ wall $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
+    echo "other_cpu_ticks $((b1 - b0 - ours))"
     echo "upstream_timewait_delta $((tw1 - tw0))"
   } >>"$out"
   log "round $r $p: $(grep -E 'Requests/sec' "$out" | xargs) $(grep -E 'Non-2xx|Socket errors' "$out" | xargs)"
@@ -402,6 +433,8 @@ for r in $(seq "$ROUNDS"); do
     run_wrk "$p" "$r"
   done
 done
+
+echo "loadavg-after $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RES/versions.txt"
 
 # ------------------------------------------------------------------ table
 # shellcheck disable=SC2086  # peer list
