@@ -117,7 +117,7 @@ print("req/s and latencies: median over rounds (min-max of req/s); errors: non-2
 print("us/req: CPU time of the peer's processes per request (for 'direct': the upstream nginx, sharing CPU with wrk);")
 print("/nginx: median req/s relative to the plain nginx proxy; rounds: measured (+N! = N failed wrk runs);")
 print("other%: CPU used meanwhile by anything but wrk, upstream and peer: other work on the machine")
-print("        (% of one core; user+system+steal from /proc/stat, softirq excluded).")
+print("        (% of one core, from /proc/stat; a few % is bookkeeping noise).")
 ag = rows.get("apigate", {}).get("rps")
 if ag and ng:
     print(f"\napigate/nginx = {ag / ng:.2f}  (median req/s; issue target for the proxy-only gateway: >= 0.40)")
@@ -379,8 +379,9 @@ want direct || want nginx || want apigate || die "no peer left to measure"
 # ------------------------------------------------------------------ rounds
 WRK_TIMEOUT=$((WARMUP + DURATION + 30))
 HZ=$(getconf CLK_TCK)
-# user+nice+system+steal of all CPUs; irq/softirq left out: on loopback that is mostly our own traffic
-busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $9; exit }' /proc/stat; }
+# busy time of all CPUs: user+nice+system+irq+softirq+steal (process times include the softirq
+# work done in their context, so it must be counted here too)
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
 # `times` (a builtin, called in this shell, not in a $(...) subshell) writes the CPU time of the
 # children this shell has waited for (wrk); children_ticks FILE converts its second line to ticks
 children_ticks() {
