@@ -136,7 +136,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.write(head)
 
     def write_body(self, data: bytes) -> None:
-        self.transport.write(data)
+        # The upstream may answer and close while the body is still streaming (an early
+        # 401/413); the exchange then ends through its sink. Writing to the closed uvloop
+        # transport would raise RuntimeError and kill the proxy task, leaving the client
+        # hanging until its request timeout.
+        if self.state is not ConnState.CLOSED and not self.transport.is_closing():
+            self.transport.write(data)
 
     async def drain(self) -> None:
         if self.write_paused and self.state is not ConnState.CLOSED:
