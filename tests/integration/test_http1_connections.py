@@ -226,3 +226,62 @@ def test_curl_upload_with_expect_100_continue(gw: Gateway, tmp_path: Path) -> No
     # curl would wait out --expect100-timeout (5 s) if the gateway never said "continue".
     assert elapsed < 3
     assert shutil.which(curl)
+
+
+# ----------------------------------------------------------------------------- response framings
+async def framings(req: UpRequest, conn: Conn) -> bool:
+    if req.path == "/204":
+        conn.writer.write(b"HTTP/1.1 204 No Content\r\nX-Kind: none\r\n\r\n")
+    elif req.path == "/304":
+        conn.writer.write(b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\n\r\n')
+    elif req.path == "/until-close":
+        # No Content-Length, no chunked: the body ends when the upstream closes (RFC 9112 §6.3).
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"u" * 100_000)
+        await conn.writer.drain()
+        conn.close()
+        return False
+    elif req.path == "/head-chunked" and req.method == "HEAD":
+        # What many servers answer to HEAD: the GET's framing headers, no body.
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    elif req.path == "/head-length" and req.method == "HEAD":
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n")
+    else:
+        await conn.respond(200, b"plain")
+    await conn.writer.drain()
+    return True
+
+
+@pytest.fixture
+def gw_framings(gateway: GatewayFactory, scripted: Callable[..., ScriptedUpstream]) -> Gateway:
+    return gateway({"up": scripted(framings).url})
+
+
+def test_bodyless_statuses_and_head_keep_the_connection_usable(gw_framings: Gateway) -> None:
+    with RawConn(gw_framings.port) as c:
+        for method, path, status in [
+            ("GET", "/204", 204),
+            ("GET", "/304", 304),
+            ("HEAD", "/head-chunked", 200),
+            ("HEAD", "/head-length", 200),
+            ("GET", "/plain", 200),
+        ]:
+            c.request(method, path)
+            r = c.read_response(method)
+            assert r.status == status, path
+            assert r.body == (b"plain" if path == "/plain" else b"")
+            if path == "/head-length":
+                assert r.header("content-length") == "12345"  # HEAD reports the GET's length
+            if status in (204, 304):
+                assert r.all("transfer-encoding") == []
+        c.request("GET", "/plain")
+        assert c.read_response().body == b"plain"
+
+
+def test_body_delimited_by_upstream_close_is_forwarded_whole(gw_framings: Gateway) -> None:
+    with RawConn(gw_framings.port) as c:
+        for _ in range(2):  # to an HTTP/1.1 client it is re-framed, so keep-alive survives
+            c.request("GET", "/until-close")
+            r = c.read_response()
+            assert r.status == 200
+            assert r.framing == "chunked"
+            assert r.body == b"u" * 100_000

@@ -25,6 +25,7 @@ from harness import (
     ScriptedUpstream,
     UpRequest,
     UpstreamProcess,
+    echo_handler,
     pattern_chunks,
     pattern_sha256,
     wait_until,
@@ -211,3 +212,53 @@ def test_download_is_not_buffered_when_the_client_does_not_read(
         hwm = gw.vm_hwm_kib()
     assert sent < 96 * MiB, f"the upstream pushed {sent // MiB} MiB to a client that reads nothing"
     assert hwm < RSS_LIMIT_KIB
+
+
+# ----------------------------------------------------------------------------- clients that leave
+def test_client_leaving_mid_download_stops_the_upstream_transfer(
+    gateway: GatewayFactory, scripted: Callable[..., ScriptedUpstream]
+) -> None:
+    conns: list[Conn] = []
+
+    async def big(req: UpRequest, conn: Conn) -> bool:
+        conns.append(conn)
+        await conn.stream(GiB, chunked=req.path == "/chunked")
+        return True
+
+    up = scripted(big)
+    gw = gateway({"up": {"base_url": up.url, "timeout_secs": 60}})
+    for path in ("/length", "/chunked"):
+        with RawConn(gw.port) as c:
+            c.request("GET", path)
+            c.read_head()
+            while len(c.buf) < MiB and c._fill():
+                pass
+        # The gateway closes its upstream connection: the upstream's writes fail soon,
+        # instead of 1 GiB being pulled through for nobody.
+        conn = conns[-1]
+        assert wait_until(lambda conn=conn: conn.closed or conn.writer.transport.is_closing(), 10)
+        assert conn.sent < 256 * MiB
+    with RawConn(gw.port) as c:
+        c.request("GET", "/small-after")
+        c.read_head()
+
+
+def test_client_leaving_mid_upload_closes_the_upstream_connection(
+    gateway: GatewayFactory, scripted: Callable[..., ScriptedUpstream]
+) -> None:
+    """A half-sent body must not be completed or reused: the upstream sees its connection
+    end (not a request finished with someone else's bytes)."""
+    up = scripted(echo_handler)
+    gw = gateway({"up": {"base_url": up.url, "timeout_secs": 60}})
+    with RawConn(gw.port) as c:
+        c.send(f"PUT /half HTTP/1.1\r\nHost: t\r\nContent-Length: {10 * MiB}\r\n\r\n".encode())
+        c.send(b"h" * MiB)
+        assert wait_until(lambda: up.connections == 1, 5)
+    assert wait_until(lambda: all(conn.closed for conn in up.conns), 10)
+    assert up.requests_to("/half") == []  # never completed
+    # The next request gets a clean connection and a clean answer.
+    with RawConn(gw.port) as c:
+        c.request("POST", "/after", body=b"fresh")
+        r = c.read_response()
+    assert r.status == 200
+    assert r.json()["body_length"] == 5

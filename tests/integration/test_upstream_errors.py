@@ -198,3 +198,33 @@ def test_upstream_stalling_mid_body_cuts_the_client_after_its_timeout(gw: Gatewa
         with pytest.raises(IncompleteResponse):
             c.read_response()
     assert time.monotonic() - t0 < UPSTREAM_TIMEOUT + SLACK + 0.5
+
+
+def test_upstream_answering_early_during_an_upload_never_leaves_the_client_hanging(
+    gateway: GatewayFactory, scripted: Callable[..., ScriptedUpstream]
+) -> None:
+    """The upstream rejects a large upload from its head alone and closes (as many servers
+    do with 401/413). The client must hear back promptly — the upstream's answer, or a 502
+    when the upstream's reset destroyed it — not wait for a timeout."""
+
+    async def reject_early(req: UpRequest, conn: Conn) -> bool:
+        await conn.respond(403, b"denied", [("Connection", "close")])
+        conn.close()
+        return False
+
+    up = scripted(reject_early, read_body=False)
+    gw = gateway({"up": up.url}, server={"request_timeout_secs": 30})
+    size = 8 * 1024 * 1024
+    for _ in range(6):
+        t0 = time.monotonic()
+        with RawConn(gw.port, timeout=5) as c:
+            c.send(f"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {size}\r\n\r\n".encode())
+            with contextlib.suppress(ConnectionError):
+                c.send(b"a" * size)  # the gateway may stop reading and reset: fine
+            try:
+                status: int | None = c.read_response().status
+            except IncompleteResponse:
+                status = None  # reset before any answer could be read
+        assert status in (403, 502, None)
+        assert time.monotonic() - t0 < 3
+    assert "Traceback" not in gw.stderr(), gw.stderr()
