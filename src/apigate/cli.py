@@ -1,4 +1,4 @@
-"""`apigate serve | check | demo` (also `python -m apigate`).
+"""`apigate serve | check | demo | token | session` (also `python -m apigate`).
 
 Exit codes: 0 success, 2 configuration errors (every error printed, with file, line and
 key path), 1 anything else. No traceback reaches the terminal for a bad config.
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import uvloop
 
 from apigate import __version__
+from apigate.auth.cli import add_commands as add_auth_commands
 from apigate.config import ConfigError, load_config, summarize
 from apigate.config.schema import Config
 from apigate.logs import events
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config(p, DEFAULT_DEMO_CONFIG)
     p.add_argument("--upstream-port", type=int, default=8081, help="demo upstream port (default 8081)")
+    add_auth_commands(sub, _add_config)  # token, session create|revoke
     return parser
 
 
@@ -158,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_serve(args.config)
     if args.command == "demo":
         return cmd_demo(args.config, args.upstream_port)
+    run = getattr(args, "run", None)
+    if run is not None:  # commands registered by packages: run(cfg, args)
+        cfg = _load(args.config)
+        return EXIT_CONFIG if cfg is None else int(run(cfg, args))
     parser.print_help()
     return 2
 

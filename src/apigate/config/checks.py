@@ -227,18 +227,44 @@ class _Checker:
                         ("routes", i, "auth_required"), "true, but there is no auth: section to verify tokens"
                     )
             return
+        for i, route in self.items("routes"):
+            scopes = route.get("required_scopes")
+            if isinstance(scopes, list) and scopes and not _coerce(route.get("auth_required"), bool, False):
+                self.add(("routes", i, "required_scopes"), "needs auth_required: true on the route")
         fmt = _coerce(auth.get("token_format"), _annotation(AuthConfig, "token_format"), "jwt")
         alg = _coerce(auth.get("jwt_algorithm"), _annotation(AuthConfig, "jwt_algorithm"), "HS256")
         if fmt != "jwt" or alg is None:
             return
+        has_secret = isinstance(auth.get("jwt_secret"), str) and auth["jwt_secret"]
         if alg.startswith("HS"):
-            if not isinstance(auth.get("jwt_secret"), str) or not auth["jwt_secret"]:
+            if not has_secret:
                 self.add(("auth", "jwt_secret"), f"required (and not empty) when jwt_algorithm is {alg}")
+                return
+            from apigate.auth.keys import hmac_secret_problem
+
+            problem = hmac_secret_problem(auth["jwt_secret"])
+            if problem:
+                self.add(("auth", "jwt_secret"), problem)
             return
+        if has_secret:
+            self.add(
+                ("auth", "jwt_secret"), f"only used with HS* algorithms; {alg} verifies with a public key"
+            )
         has_key = isinstance(auth.get("jwt_public_key_path"), str) and auth["jwt_public_key_path"]
         has_jwks = isinstance(auth.get("jwks_url"), str) and auth["jwks_url"]
         if not has_key and not has_jwks:
             where: KeyPath = ("auth", "jwt_algorithm") if "jwt_algorithm" in auth else ("auth",)
             self.add(where, f"{alg} needs jwt_public_key_path or jwks_url")
+        if has_key and has_jwks:
+            self.add(("auth", "jwks_url"), "give jwt_public_key_path or jwks_url, not both")
         if has_key:
-            self.readable(("auth", "jwt_public_key_path"), auth["jwt_public_key_path"])
+            path: KeyPath = ("auth", "jwt_public_key_path")
+            name = self.readable(path, auth["jwt_public_key_path"])
+            if name is not None:
+                from apigate.auth.keys import load_public_key
+
+                try:
+                    with open(name, "rb") as f:
+                        load_public_key(f.read(), alg)
+                except ValueError as e:
+                    self.add(path, f"{e} ({auth['jwt_public_key_path']})")

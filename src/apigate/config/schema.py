@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from apigate.http.headers import CONTENT_LENGTH, EXPECT, GATEWAY_SET_REQUEST, HOP_BY_HOP, X_FORWARDED_FOR
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveSecs = Annotated[float, Field(gt=0)]
 LogLevel = Literal["DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL"]
@@ -199,25 +201,58 @@ JwtAlgorithm = Literal[
 
 class AuthCacheConfig(Section):
     enabled: bool = Field(True, description="Cache verified claims.")
-    max_capacity: int = Field(100000, ge=1, description="Most entries held.")
-    ttl_secs: PositiveSecs = Field(300, description="Entry lifetime (never past the token's exp).")
+    max_capacity: int = Field(100000, ge=1, description="Most entries held (oldest evicted first).")
+    ttl_secs: PositiveSecs = Field(
+        300, description="Entry lifetime, never past the token's exp; a revoked session works this long."
+    )
 
 
 class SessionStoreConfig(Section):
-    redis_url: str | None = Field(None, description="Redis for sessions (default: rate_limiting.redis_url).")
+    redis_url: str | None = Field(
+        None, description="Redis for sessions (default: rate_limiting.redis_url; in memory when neither)."
+    )
+    timeout_ms: int = Field(100, ge=1, description="Longest a request waits on the session store; then 503.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str | None) -> str | None:
+        if v is not None and urlsplit(v).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
+# Fields the gateway itself sets, that frame the message (RFC 9110 §7.6.1, §8.6) or that
+# carry the credentials: a claim copied into one of them would corrupt the upstream request.
+_RESERVED_HEADERS = frozenset(
+    h.decode()
+    for h in HOP_BY_HOP
+    | GATEWAY_SET_REQUEST
+    | {CONTENT_LENGTH, EXPECT, X_FORWARDED_FOR, b"x-user-id", b"authorization", b"cookie"}
+)
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2
+_SCOPE = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")  # RFC 6749 §3.3 scope-token
 
 
 class AuthConfig(Section):
-    token_format: Literal["jwt", "session"] = Field("jwt", description="jwt or session.")
-    jwt_algorithm: JwtAlgorithm = Field("HS256", description="The only algorithm accepted.")
+    token_format: Literal["jwt", "session"] = Field(
+        "jwt", description="jwt (signed tokens) or session (opaque tokens looked up in session_store)."
+    )
+    jwt_algorithm: JwtAlgorithm = Field(
+        "HS256", description="The only algorithm accepted; a token's own 'alg' header is never trusted."
+    )
     jwt_secret: str | None = Field(None, description="HMAC secret for HS* algorithms.")
     jwt_public_key_path: str | None = Field(None, description="PEM public key for RS/PS/ES/EdDSA.")
-    jwks_url: str | None = Field(None, description="JWKS endpoint for RS/PS/ES/EdDSA.")
+    jwks_url: str | None = Field(None, description="JWKS endpoint (http/https) for RS/PS/ES/EdDSA.")
+    jwks_refresh_secs: PositiveSecs = Field(
+        300, description="JWKS refetch interval; an unknown kid also refetches, at most once per 30 s."
+    )
     jwt_issuer: str | None = Field(None, description="Required 'iss'.")
-    jwt_audience: str | list[str] | None = Field(None, description="Accepted 'aud' value(s).")
-    leeway_secs: float = Field(30, ge=0, description="Clock skew allowed on exp/nbf/iat.")
+    jwt_audience: str | list[str] | None = Field(
+        None, description="Accepted 'aud' value(s); a token must name one of them."
+    )
+    leeway_secs: float = Field(30, ge=0, le=600, description="Clock skew allowed on exp/nbf/iat.")
     required_claims: list[str] = Field(
-        default_factory=lambda: ["exp"], description="Claims a token must carry."
+        default_factory=lambda: ["exp"], description="Claims a JWT must carry ('exp' always is)."
     )
     cookie_name: str = Field("session_token", description="Cookie read when there is no Bearer header.")
     cache: AuthCacheConfig = Field(default_factory=AuthCacheConfig, description="Verified-claims cache.")
@@ -225,8 +260,47 @@ class AuthConfig(Section):
         default_factory=SessionStoreConfig, description="Where opaque session tokens are looked up."
     )
     claim_headers: dict[str, str] = Field(
-        default_factory=dict, description="Upstream header name -> claim copied into it."
+        default_factory=dict,
+        description="Upstream header name -> claim copied into it (besides X-User-ID from 'sub').",
     )
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parts = urlsplit(v)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an absolute http:// or https:// URL")
+        return v
+
+    @field_validator("jwt_audience")
+    @classmethod
+    def _audience(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and not v:
+            raise ValueError("must name at least one audience")
+        return v
+
+    @field_validator("cookie_name")
+    @classmethod
+    def _cookie_name(cls, v: str) -> str:
+        if not _TOKEN.match(v):
+            raise ValueError("must be a cookie name (letters, digits and !#$%&'*+.^_`|~-)")
+        return v
+
+    @field_validator("claim_headers")
+    @classmethod
+    def _claim_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        seen: set[str] = set()
+        for name in v:
+            lowered = name.lower()
+            if not _TOKEN.match(name):
+                raise ValueError(f"'{name}' is not a header name")
+            if lowered in _RESERVED_HEADERS:
+                raise ValueError(f"'{name}' is set by the gateway or frames the request; pick another name")
+            if lowered in seen:
+                raise ValueError(f"'{name}' is given twice (header names are case-insensitive)")
+            seen.add(lowered)
+        return v
 
 
 # ----------------------------------------------------------------------------- rate limiting
@@ -324,6 +398,14 @@ class RouteConfig(Section):
     def _id(cls, v: str) -> str:
         if not _ID.match(v):
             raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("required_scopes")
+    @classmethod
+    def _scopes(cls, v: list[str]) -> list[str]:
+        for scope in v:
+            if not _SCOPE.match(scope):
+                raise ValueError(f"'{scope}' is not a scope (RFC 6749 §3.3: no space, quote or backslash)")
         return v
 
     @field_validator("methods")

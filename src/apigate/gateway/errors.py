@@ -27,6 +27,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "overloaded": (503, "The gateway is at its connection limit."),
     "draining": (503, "The gateway is shutting down."),
     "rate_limit_unavailable": (503, "The rate-limit store is unavailable."),
+    "auth_unavailable": (503, "The session store or the identity provider's keys are unavailable."),
     "upstream_timeout": (504, "The upstream service did not answer in time."),
 }
 

@@ -12,6 +12,10 @@ from apigate.gateway.filters import Filter
 
 def build_filters(cfg: Config) -> list[Filter]:
     filters: list[Filter] = []
+    if cfg.auth is not None:
+        from apigate.auth.filter import AuthFilter  # PyJWT and cryptography load only when used
+
+        filters.append(AuthFilter(cfg))
     # auth/ (priority 1250), ratelimit/ (910), telemetry/ metrics and logs/ access events
     # (on_complete only) register here as they are configured.
     return filters
