@@ -27,8 +27,9 @@ def gw(module_gateway: GatewayFactory, demo: UpstreamProcess) -> Gateway:
         b"POST /api/echo/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # bad chunk size
         b"GET api/users HTTP/1.1\r\nHost: t\r\n\r\n",  # not an origin-form target
         b"GET /api/echo/%00 HTTP/1.1\r\nHost: t\r\n\r\n",  # NUL in the path
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",  # not a forward proxy
     ],
-    ids=["garbage", "header-no-colon", "bad-length", "cl-and-te", "bad-chunk", "relative", "nul"],
+    ids=["garbage", "header-no-colon", "bad-length", "cl-and-te", "bad-chunk", "relative", "nul", "connect"],
 )
 def test_malformed_request_gets_400_json_and_close(gw: Gateway, payload: bytes) -> None:
     with RawConn(gw.port) as c:

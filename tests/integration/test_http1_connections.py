@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -285,3 +286,37 @@ def test_body_delimited_by_upstream_close_is_forwarded_whole(gw_framings: Gatewa
             assert r.status == 200
             assert r.framing == "chunked"
             assert r.body == b"u" * 100_000
+
+
+# ----------------------------------------------------------------------------- odds and ends
+def test_client_half_close_still_gets_its_answer(gw: Gateway) -> None:
+    # `shutdown(SHUT_WR)` after the request (nc -N, some scripts): answer, then close.
+    with RawConn(gw.port) as c:
+        c.send(b"GET /api/echo/half HTTP/1.1\r\nHost: t\r\n\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        r = c.read_response()
+        assert r.status == 200
+        assert r.json()["path"] == "/api/echo/half"
+        assert c.closed_by_peer(2)
+
+
+def test_chunked_request_with_trailers(gw: Gateway) -> None:
+    with RawConn(gw.port) as c:
+        c.send(
+            b"POST /api/echo/trailers HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nX-Checksum: abc\r\n\r\n"
+        )
+        assert c.read_response().json()["body_length"] == 5
+        c.request("GET", "/api/echo/next")  # the trailer did not desynchronise the connection
+        assert c.read_response().json()["path"] == "/api/echo/next"
+
+
+def test_many_concurrent_clients(gw: Gateway) -> None:
+    wrk = require_tool("wrk", "/usr/bin/wrk")
+    out = subprocess.run(
+        [wrk, "-t2", "-c256", "-d2s", "--timeout", "5s", f"{gw.url}/api/echo/concurrent"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "Non-2xx or 3xx responses" not in out.stdout, out.stdout
+    assert "Socket errors" not in out.stdout, out.stdout
+    assert " requests in " in out.stdout

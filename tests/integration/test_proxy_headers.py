@@ -58,6 +58,22 @@ def test_headers_named_by_connection_are_removed_whatever_their_order(gw: Gatewa
     assert "connection" not in names
 
 
+def test_upgrade_request_is_proxied_as_plain_http_and_the_connection_ends(gw: Gateway) -> None:
+    # No protocol switching (WebSocket is not proxied): Upgrade and Connection are dropped,
+    # the request is answered as an ordinary one, and the connection closes after it.
+    with RawConn(gw.port) as c:
+        c.send(
+            b"GET /api/echo/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        r = c.read_response()
+        assert r.status == 200
+        names = {h.split(":", 1)[0].lower() for h in r.json()["raw_headers"]}
+        assert not names & {"upgrade", "connection"}
+        assert r.header("connection") == "close"
+        assert c.closed_by_peer(2)
+
+
 def test_request_transfer_encoding_is_reframed(gw: Gateway) -> None:
     # A chunked client body reaches the upstream complete, framed by the gateway itself.
     body = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
