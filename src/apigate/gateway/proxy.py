@@ -342,6 +342,11 @@ class Proxy:
             try:
                 exchange.send_head()
                 if body is not None:
+                    # The upstream's timeout_secs is its time to answer: while the client is
+                    # still uploading, only request_timeout_secs bounds the request (else an
+                    # upload longer than timeout_secs got a 408 however long the request
+                    # deadline). The upstream's clock starts once the body is all sent.
+                    cycle.upstream_deadline = 0.0
                     for chunk in sent:
                         conn.write_body(_frame(chunk, chunked))
                     while not waiter.done():
@@ -363,6 +368,9 @@ class Proxy:
                             sent_size += len(chunk)
                         if conn.write_paused:
                             await conn.drain()
+                    if not waiter.done() and not exchange.got_head:
+                        cycle.upstream_deadline = deadline = loop.time() + timeout
+                        cycle.proto.watch(deadline)
                 await waiter
                 error = exchange.error
                 if error is None:
