@@ -166,6 +166,25 @@ def test_late_upstream_within_its_own_timeout_still_gets_504_at_request_timeout(
     assert 0.95 <= elapsed < 1 + SLACK
 
 
+def test_slow_upload_is_bounded_by_request_timeout_not_the_upstream_timeout(
+    gateway: GatewayFactory, demo: UpstreamProcess
+) -> None:
+    """`timeout_secs` is the upstream's time to answer; a client uploading for longer than
+    that (but within request_timeout_secs) must not be cut off."""
+    gw = gateway(
+        {"demo": {"base_url": demo.url, "timeout_secs": 0.5}},
+        server={"request_timeout_secs": 10, "connection_timeout_secs": 0.5},
+    )
+    with RawConn(gw.port) as c:
+        c.send(b"POST /api/echo/slow-upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
+        for _ in range(5):
+            time.sleep(0.4)
+            c.send(b"x")
+        r = c.read_response()
+    assert r.status == 200, r.body
+    assert r.json()["body_length"] == 5
+
+
 def test_slow_but_complete_request_is_not_cut(gw_rt: Gateway) -> None:
     # Half a second per request, two on one connection: each gets its own deadline.
     with RawConn(gw_rt.port) as c:

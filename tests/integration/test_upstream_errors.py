@@ -111,6 +111,16 @@ def test_slow_upstream_is_504_within_its_timeout(gw: Gateway) -> None:
     assert UPSTREAM_TIMEOUT - 0.05 <= elapsed < UPSTREAM_TIMEOUT + SLACK
 
 
+def test_slow_upstream_after_an_upload_is_504(gw: Gateway) -> None:
+    # The upstream's clock starts when the body is all sent.
+    t0 = time.monotonic()
+    with RawConn(gw.port) as c:
+        c.request("POST", "/sleep/3", body=b"u" * 200_000)
+        r = c.read_response()
+    assert_json_error(r, 504, "upstream_timeout")
+    assert UPSTREAM_TIMEOUT - 0.05 <= time.monotonic() - t0 < UPSTREAM_TIMEOUT + SLACK
+
+
 def test_slow_upstream_on_a_pooled_connection_is_504_too(gw: Gateway, upstream: ScriptedUpstream) -> None:
     # The first request leaves an idle keep-alive connection; the slow one reuses it
     # (the gateway's fast path, which has its own deadline bookkeeping).
