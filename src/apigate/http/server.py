@@ -287,11 +287,12 @@ class HttpServerProtocol(asyncio.Protocol):
         # A client may half-close after its last request (`shutdown(SHUT_WR)`); keep the
         # write side open to answer what is in flight, then close.
         if self.active is not None:
-            self.active.keep_alive = False
-            for cycle in self.pipeline:
-                cycle.keep_alive = False
+            # Every complete request already received is still answered, in order; the
+            # last answer says `connection: close`. A request cut off by the EOF is dropped.
             if self.parsing is not None and self.parsing.body is not None:
                 self.parsing.body.abort()
+            last = self.pipeline[-1] if self.pipeline else self.active
+            last.keep_alive = False
             return True
         return None
 
