@@ -189,6 +189,8 @@ class Exchange:
         cycle.upstream_deadline = self.loop.time() + self.timeout
         conn = self.conn
         cycle.flow = conn
+        cycle.upstream_timeout = self.timeout
+        cycle.flow_progress = conn.progress
         if cycle.proto.write_paused:
             conn.pause_reading()
         # Identity-framed bodies go straight to the client's write (no per-chunk hops).

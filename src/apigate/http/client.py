@@ -95,6 +95,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
+        self.progress = 0  # reads so far: the listener's watchdog tells a stall from a slow body
         # per response
         self.sink: ResponseSink | None = None
         self.head_only = False
@@ -170,6 +171,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             self.pool.forget(self)
             return
+        self.progress += 1
         sink = self.sink
         corked = sink.cork()
         try:

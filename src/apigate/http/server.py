@@ -48,6 +48,8 @@ INF = float("inf")  # queued requests per connection before reading pauses
 class FlowTarget(Protocol):
     """Whoever produces a response body: paused while the client cannot keep up."""
 
+    progress: int  # bumped on every read from the producer: the watchdog's sign of life
+
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
 
@@ -109,6 +111,8 @@ class RequestCycle:
     finished = False
     timed_out = False
     upstream_deadline = 0.0  # set by the proxy while it waits on an upstream
+    upstream_timeout = 0.0  # the upstream's timeout_secs: the longest silence mid-body
+    flow_progress = 0  # flow.progress when the watchdog last looked
     client_request_id: bytes | None = None  # the client's X-Request-ID, as sent
 
     def __init__(
@@ -573,9 +577,15 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._arm(deadline)
             elif cycle.upstream_deadline:
                 if now >= cycle.upstream_deadline:
-                    # The upstream stalled mid-body: nothing to answer with, cut both sides.
-                    self._close()
-                    return
+                    flow = cycle.flow
+                    if flow is None or flow.progress == cycle.flow_progress or not cycle.upstream_timeout:
+                        # The upstream stalled mid-body: nothing to answer with, cut both sides.
+                        self._close()
+                        return
+                    # Still sending: timeout_secs bounds a silence, not the whole body (a
+                    # long download at a steady pace was cut at timeout_secs).
+                    cycle.flow_progress = flow.progress
+                    cycle.upstream_deadline = now + cycle.upstream_timeout
                 self._arm(cycle.upstream_deadline)
             else:
                 self._arm(now + self.limits.request_timeout)
