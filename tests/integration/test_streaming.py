@@ -262,3 +262,26 @@ def test_client_leaving_mid_upload_closes_the_upstream_connection(
         r = c.read_response()
     assert r.status == 200
     assert r.json()["body_length"] == 5
+
+
+def test_steady_download_longer_than_the_upstream_timeout_is_not_cut(
+    gateway: GatewayFactory, scripted: Callable[..., ScriptedUpstream]
+) -> None:
+    """`timeout_secs` bounds the upstream's silences, not the length of a body: a
+    download that never pauses for long streams to the end however long it takes."""
+
+    async def trickle(req: UpRequest, conn: Conn) -> bool:
+        conn.writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 20000\r\n\r\n")
+        for _ in range(20):  # 4 s in all, never silent for more than 0.2 s
+            conn.writer.write(b"t" * 1000)
+            await conn.writer.drain()
+            await asyncio.sleep(0.2)
+        return True
+
+    up = scripted(trickle)
+    gw = gateway({"up": {"base_url": up.url, "timeout_secs": 1}}, server={"request_timeout_secs": 2})
+    with RawConn(gw.port) as c:
+        c.request("GET", "/trickle")
+        r = c.read_response()
+    assert r.status == 200
+    assert r.body == b"t" * 20000
