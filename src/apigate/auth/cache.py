@@ -106,30 +106,30 @@ class ClaimsCache:
     def __init__(self, capacity: int, ttl: float, enabled: bool = True) -> None:
         self.capacity = capacity if enabled else 0
         self.ttl = ttl
-        self._entries: dict[bytes, Verified] = {}
+        self.entries: dict[bytes, Verified] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
 
     def __repr__(self) -> str:
-        return f"<ClaimsCache {len(self._entries)}/{self.capacity} ttl={self.ttl}s>"
+        return f"<ClaimsCache {len(self.entries)}/{self.capacity} ttl={self.ttl}s>"
 
     def get(self, token: bytes, now: float) -> Verified | None:
-        entry = self._entries.get(token)
+        entry = self.entries.get(token)
         if entry is None:
             return None
         if entry.deadline > now:
             return entry
-        del self._entries[token]
+        del self.entries[token]
         return None
 
     def put(self, token: bytes, entry: Verified, now: float) -> None:
         if self.capacity == 0 or entry.deadline <= now:
             return
-        entries = self._entries
+        entries = self.entries
         if token not in entries and len(entries) >= self.capacity:
             del entries[next(iter(entries))]
         entries[token] = entry
 
     def discard(self, token: bytes) -> None:
-        self._entries.pop(token, None)
+        self.entries.pop(token, None)

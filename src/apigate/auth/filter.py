@@ -76,7 +76,7 @@ class AuthFilter(Filter):
         self.key: Key | None = None
         self.verifier = JwtVerifier(auth)
         if auth.token_format == "session":
-            self.store = store or open_session_store(cfg)
+            self.store = store if store is not None else open_session_store(cfg)
         elif is_hmac(auth.jwt_algorithm):
             secret = auth.jwt_secret or ""
             self.key = secret.encode()
@@ -93,7 +93,11 @@ class AuthFilter(Filter):
             self.key = load_public_key(Path(auth.jwt_public_key_path).read_bytes(), auth.jwt_algorithm)
         else:
             assert auth.jwks_url is not None  # config checks require a key path or a JWKS URL
-            self.jwks = jwks or JwksKeySet(auth.jwks_url, auth.jwt_algorithm, auth.jwks_refresh_secs)
+            self.jwks = (
+                jwks
+                if jwks is not None
+                else JwksKeySet(auth.jwks_url, auth.jwt_algorithm, auth.jwks_refresh_secs)
+            )
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
@@ -133,11 +137,14 @@ class AuthFilter(Filter):
         config = ctx.route.config  # type: ignore[union-attr]  # applies_to: always a route
         if not config.auth_required:
             return None
-        token = self._token(authz, cookies)
-        if not token:
-            return self._fail(ctx, reasons.MISSING if token is None else reasons.MALFORMED)
-        entry = self.cache.get(token, ctx.start)
-        if entry is not None:
+        if authz is not None and authz.startswith(b"Bearer "):
+            token: bytes | None = authz[7:]  # the common spelling, without the general parse
+        else:
+            token = self._token(authz, cookies)
+            if not token:
+                return self._fail(ctx, reasons.MISSING if token is None else reasons.MALFORMED)
+        entry = self.cache.entries.get(token)  # ClaimsCache.get, inlined: this is the hot path
+        if entry is not None and entry.deadline > ctx.start:
             return self._admit(ctx, entry, config)
         return self._verify(ctx, token)
 
@@ -158,8 +165,12 @@ class AuthFilter(Filter):
 
     def _verify(self, ctx: RequestContext, token: bytes) -> RequestOutcome:
         """A cache miss: check the token, synchronously unless the store or JWKS must answer."""
+        token = token.strip()  # "Bearer  t": RFC 6750 allows more than one space
         if len(token) > MAX_TOKEN_BYTES or _B64TOKEN.fullmatch(token) is None:
             return self._fail(ctx, reasons.MALFORMED)  # refused before any parsing
+        entry = self.cache.get(token, ctx.start)  # drops a stale entry
+        if entry is not None:
+            return self._admit(ctx, entry, ctx.route.config)  # type: ignore[union-attr]
         text = token.decode("ascii")
         if self.store is not None:
             found = self.store.lookup(text)

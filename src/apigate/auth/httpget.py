@@ -50,7 +50,10 @@ async def http_get(url: str, timeout: float, max_bytes: int = MAX_JWKS_BYTES) ->
         raise FetchError(f"no answer from {parts.hostname}:{port} within {timeout:g}s") from None
     except (OSError, ssl.SSLError) as e:
         raise FetchError(f"{parts.hostname}:{port}: {e.strerror or e}") from None
-    return _parse(data)
+    body = _parse(data)
+    if len(body) > max_bytes:
+        raise FetchError(f"answer larger than {max_bytes} bytes")
+    return body
 
 
 async def _read_all(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
