@@ -138,11 +138,12 @@ class AuthFilter(Filter):
         if not config.auth_required:
             return None
         if authz is not None and authz.startswith(b"Bearer "):
-            token: bytes | None = authz[7:]  # the common spelling, without the general parse
+            token = authz[7:]  # the common spelling, without the general parse
         else:
-            token = self._token(authz, cookies)
-            if not token:
-                return self._fail(ctx, reasons.MISSING if token is None else reasons.MALFORMED)
+            found = self._token(authz, cookies)
+            if not found:
+                return self._fail(ctx, reasons.MISSING if found is None else reasons.MALFORMED)
+            token = found
         entry = self.cache.entries.get(token)  # ClaimsCache.get, inlined: this is the hot path
         if entry is not None and entry.deadline > ctx.start:
             return self._admit(ctx, entry, config)
