@@ -3,8 +3,10 @@
 The gateway's upstream pool is built for streaming proxied responses through callbacks;
 a JWKS fetch is one small JSON document every few minutes, so a plain
 `asyncio.open_connection` with `Connection: close` is the simplest correct client, and
-it keeps aiohttp/httpx out of the runtime. Bounded in time (`timeout`) and size
-(`max_bytes`); no redirects are followed (a JWKS URL is configured, not discovered).
+it keeps aiohttp/httpx out of the runtime. The body is framed by Content-Length or
+chunked encoding (or the end of the stream), so a server that keeps the connection open
+is fine. Bounded in time (`timeout`) and size (`max_bytes`); no redirects are followed
+(a JWKS URL is configured, not discovered).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import ssl
 from urllib.parse import urlsplit
 
 MAX_JWKS_BYTES = 1024 * 1024
+MAX_HEAD_BYTES = 16384  # status line and headers of the answer
 
 
 class FetchError(Exception):
@@ -40,74 +43,70 @@ async def http_get(url: str, timeout: float, max_bytes: int = MAX_JWKS_BYTES) ->
     try:
         async with asyncio.timeout(timeout):
             sslctx = ssl.create_default_context() if tls else None
-            reader, writer = await asyncio.open_connection(parts.hostname, port, ssl=sslctx)
+            reader, writer = await asyncio.open_connection(
+                parts.hostname, port, ssl=sslctx, limit=MAX_HEAD_BYTES
+            )
             try:
                 writer.write(request)
-                data = await _read_all(reader, max_bytes)
+                return await _read_response(reader, max_bytes)
             finally:
                 writer.close()
     except TimeoutError:
         raise FetchError(f"no answer from {parts.hostname}:{port} within {timeout:g}s") from None
     except (OSError, ssl.SSLError) as e:
         raise FetchError(f"{parts.hostname}:{port}: {e.strerror or e}") from None
-    body = _parse(data)
+
+
+async def _read_response(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
+    """The body of a 200 response, framed by Content-Length, chunked, or the end of the stream."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        raise FetchError("incomplete HTTP answer") from None
+    except asyncio.LimitOverrunError:
+        raise FetchError("HTTP answer head too large") from None
+    lines = head[:-4].split(b"\r\n")
+    status = lines[0].split(b" ", 2)
+    if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
+        raise FetchError("not an HTTP answer")
+    if int(status[1]) != 200:
+        raise FetchError(f"HTTP status {int(status[1])}")
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    try:
+        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+            return await _read_chunked(reader, max_bytes)
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise FetchError("bad Content-Length")
+            if int(length) > max_bytes:
+                raise FetchError(f"answer larger than {max_bytes} bytes")
+            return await reader.readexactly(int(length))
+        body = b""
+        while len(body) <= max_bytes and (chunk := await reader.read(65536)):
+            body += chunk
+    except asyncio.IncompleteReadError:
+        raise FetchError("body shorter than announced") from None
     if len(body) > max_bytes:
         raise FetchError(f"answer larger than {max_bytes} bytes")
     return body
 
 
-async def _read_all(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    limit = max_bytes + 16384  # room for the head
-    while chunk := await reader.read(65536):
-        size += len(chunk)
-        if size > limit:
-            raise FetchError(f"answer larger than {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _parse(data: bytes) -> bytes:
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        raise FetchError("incomplete HTTP answer")
-    lines = head.split(b"\r\n")
-    status = lines[0].split(b" ", 2)
-    if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
-        raise FetchError("not an HTTP answer")
-    code = int(status[1])
-    if code != 200:
-        raise FetchError(f"HTTP status {code}")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-        return _dechunk(body)
-    length = headers.get(b"content-length")
-    if length is not None:
-        if not length.isdigit() or int(length) > len(body):
-            raise FetchError("body shorter than its Content-Length")
-        return body[: int(length)]
-    return body
-
-
-def _dechunk(body: bytes) -> bytes:
-    out: list[bytes] = []
-    pos = 0
+async def _read_chunked(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
+    out = bytearray()
     while True:
-        end = body.find(b"\r\n", pos)
-        if end < 0:
-            raise FetchError("broken chunked body")
+        line = await reader.readuntil(b"\r\n")
         try:
-            size = int(body[pos:end].split(b";")[0], 16)
+            size = int(line.split(b";")[0], 16)
         except ValueError:
             raise FetchError("broken chunked body") from None
         if size == 0:
-            return b"".join(out)
-        start = end + 2
-        if start + size + 2 > len(body):
+            return bytes(out)
+        if len(out) + size > max_bytes:
+            raise FetchError(f"answer larger than {max_bytes} bytes")
+        out += await reader.readexactly(size)
+        if await reader.readexactly(2) != b"\r\n":
             raise FetchError("broken chunked body")
-        out.append(body[start : start + size])
-        pos = start + size + 2
