@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -623,7 +624,11 @@ class Conn:
         chunked: bool = False,
         length: bool = True,
     ) -> None:
-        lines = [f"HTTP/1.1 {status} X"]
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+        lines = [f"HTTP/1.1 {status} {reason}"]
         lines += [f"{k}: {v}" for k, v in headers or []]
         if chunked:
             lines.append("Transfer-Encoding: chunked")
