@@ -105,23 +105,28 @@ def test_large_idempotent_body_is_not_replayed(gw: Gateway, dropping: ScriptedUp
     assert len(dropping.requests_to("/big")) == 1
 
 
-def test_upstream_closing_right_after_each_response(
-    gateway: GatewayFactory, scripted: Callable[..., ScriptedUpstream]
+@pytest.mark.parametrize("per_connection", [1, 3])
+def test_upstream_closing_after_n_responses_without_saying_so(
+    gateway: GatewayFactory, scripted: Callable[..., ScriptedUpstream], per_connection: int
 ) -> None:
-    """The real race: FIN right after a keep-alive response; the next request may or may
-    not see it before reusing the connection. GETs must never fail."""
+    """The real race: a FIN right after the n-th keep-alive response, without
+    `Connection: close`; the next request may or may not see it before reusing the
+    connection. GETs must never fail."""
 
-    async def close_after_response(req: UpRequest, conn: Conn) -> bool:
+    async def close_after_n(req: UpRequest, conn: Conn) -> bool:
         await conn.respond(200, b"ok")
-        conn.close()
-        return False
+        if req.index + 1 >= per_connection:
+            conn.close()
+            return False
+        return True
 
-    up = scripted(close_after_response)
+    up = scripted(close_after_n)
     gw = gateway({"up": up.url})
     with RawConn(gw.port) as c:
         statuses = [call(c, "GET", f"/n/{i}") for i in range(200)]
     assert statuses == [200] * 200
     assert len({r.path for r in up.requests}) == 200
+    assert up.connections >= 200 // per_connection
 
 
 # ----------------------------------------------------------------------------- nginx, 200k requests
