@@ -29,7 +29,7 @@ from apigate.auth.jwt import MAX_TOKEN_BYTES, JwtVerifier, Key, unverified_kid
 from apigate.auth.keys import hmac_secret_is_short, is_hmac, load_public_key
 from apigate.auth.reasons import AuthFailure
 from apigate.auth.sessions import Claims, SessionStore, open_session_store
-from apigate.config.schema import Config, RouteConfig
+from apigate.config.schema import AuthConfig, Config, RouteConfig
 from apigate.gateway.context import RequestContext
 from apigate.gateway.errors import error_body, error_headers
 from apigate.gateway.filters import Filter, RequestOutcome, Response
@@ -77,7 +77,12 @@ class AuthFilter(Filter):
         self.verifier = JwtVerifier(auth)
         if auth.token_format == "session":
             self.store = store if store is not None else open_session_store(cfg)
-        elif is_hmac(auth.jwt_algorithm):
+        else:
+            self._configure_keys(auth, jwks)
+
+    def _configure_keys(self, auth: AuthConfig, jwks: JwksKeySet | None) -> None:
+        """The HMAC secret, the public key file, or the JWKS (fetching from now on)."""
+        if is_hmac(auth.jwt_algorithm):
             secret = auth.jwt_secret or ""
             self.key = secret.encode()
             if hmac_secret_is_short(secret, auth.jwt_algorithm):
@@ -93,17 +98,14 @@ class AuthFilter(Filter):
             self.key = load_public_key(Path(auth.jwt_public_key_path).read_bytes(), auth.jwt_algorithm)
         else:
             assert auth.jwks_url is not None  # config checks require a key path or a JWKS URL
-            self.jwks = (
-                jwks
-                if jwks is not None
-                else JwksKeySet(auth.jwks_url, auth.jwt_algorithm, auth.jwks_refresh_secs)
-            )
+            if jwks is None:
+                jwks = JwksKeySet(auth.jwks_url, auth.jwt_algorithm, auth.jwks_refresh_secs)
+            self.jwks = jwks
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
-                pass  # built outside a loop (tests, tools): the owner calls jwks.start()
-            else:
-                self.jwks.start()
+                return  # built outside a loop (tests, tools): the owner calls jwks.start()
+            jwks.start()
 
     async def close(self) -> None:
         if self.jwks is not None:
