@@ -140,7 +140,8 @@ async def _demo(cfg: Config, upstream_port: int) -> int:
         f"  upstream  http://127.0.0.1:{upstream_port}  (built-in demo service)\n"
         f"  routes    {', '.join(f'{r.id} {r.path}' for r in cfg.routes)}\n\n"
         f"  try:  curl -i {base}/api/users\n"
-        f"        curl -i -X POST -d 'hello' {base}/api/echo/anything\n\n"
+        f"        curl -i -X POST -d 'hello' {base}/api/echo/anything\n"
+        f"{_demo_token_line(cfg, base)}\n"
         "Ctrl-C stops both.\n",
         flush=True,
     )
@@ -149,6 +150,22 @@ async def _demo(cfg: Config, upstream_port: int) -> int:
     upstream.close()
     await upstream.wait_closed()
     return 0
+
+
+def _demo_token_line(cfg: Config, base: str) -> str:
+    """A curl line for an auth_required route, with a freshly minted demo token."""
+    route = next((r for r in cfg.routes if r.auth_required and "{" in r.path and "*" not in r.path), None)
+    if cfg.auth is None or route is None or not cfg.auth.jwt_secret:
+        return ""
+    from apigate.auth.jwt import mint
+
+    path = route.path.split("{")[0] + "1"
+    token = mint(cfg.auth, "alice", 3600)
+    return (
+        f"        curl -i {base}{path}                   # 401: needs a token\n"
+        f"        curl -i -H 'Authorization: Bearer {token}' {base}{path}\n"
+        f"        (a fresh token: .venv/bin/apigate token --config examples/quickstart.yaml --sub alice)\n"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -107,7 +107,10 @@ def test_quickstart_loads_with_an_empty_environment() -> None:
     assert (cfg.server.bind_address, cfg.server.port, cfg.server.drain_timeout_secs) == ("127.0.0.1", 8080, 5)
     assert cfg.observability.metrics_enabled and cfg.observability.metrics_port == 9090
     assert cfg.observability.metrics_bind_address in (None, "127.0.0.1")
-    assert cfg.auth is None and cfg.rate_limiting is None and cfg.server.tls is None
+    assert cfg.rate_limiting is None and cfg.server.tls is None
+    # JWT with a demo secret (overridable from the environment) guards one route
+    assert cfg.auth is not None and cfg.auth.jwt_algorithm == "HS256" and cfg.auth.jwt_secret
+    assert [r.id for r in cfg.routes if r.auth_required] == ["user-get"]
     assert [u.base_url for u in cfg.upstreams] == ["http://127.0.0.1:8081"]
     routes = {r.id: (r.methods, r.path, r.upstream_id) for r in cfg.routes}
     all_methods = list(HTTP_METHODS)
