@@ -251,6 +251,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: Headers = []
         self.header_bytes = 0
+        self.raw_head_bytes = 0  # bytes of reads that continued an unfinished head
         self.in_headers = False
         self.request_start = 0.0
         self.parsing: RequestCycle | None = None
@@ -304,7 +305,12 @@ class HttpServerProtocol(asyncio.Protocol):
         if self.closing:
             return
         if self.in_headers:
-            self.header_bytes += len(data)
+            # A read inside an unfinished head. llhttp reports a header only once it is
+            # complete, so one that never ends is bounded by raw bytes, separately: adding
+            # them to header_bytes counted completed headers twice (and a body that
+            # followed the head in the same read), giving 431 to valid requests whose head
+            # arrived in pieces.
+            self.raw_head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except HttpError as e:
@@ -326,7 +332,7 @@ class HttpServerProtocol(asyncio.Protocol):
         except httptools.HttpParserError:
             self._fail("bad_request")
             return
-        if self.in_headers and self.header_bytes > self.limits.max_header_bytes:
+        if self.in_headers and self.raw_head_bytes > 2 * self.limits.max_header_bytes:
             self._fail("headers_too_large")
 
     def pause_writing(self) -> None:
@@ -353,6 +359,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.url = url
         self.headers = []
         self.header_bytes = len(url)
+        self.raw_head_bytes = 0
         self.in_headers = True
         self.request_start = now = self.loop.time()
         if self.active is None and self.watch_at > now + self.limits.request_timeout:
