@@ -4,6 +4,7 @@ timeouts, header and body size limits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import time
@@ -220,6 +221,48 @@ def test_headers_under_max_header_bytes_pass(gw_small: Gateway) -> None:
         r = c.read_response()
     assert r.status == 200
     assert r.json()["headers"]["x-fits"] == "a" * 700
+
+
+def test_head_split_across_reads_is_measured_by_its_own_size(
+    gateway: GatewayFactory, demo: UpstreamProcess
+) -> None:
+    """The header limit counts header bytes once, whatever the TCP segmentation: a head
+    that arrives in pieces (with its body right behind it) is not mistaken for a big one."""
+    gw = gateway({"demo": demo.url}, server={"max_header_bytes": 32768})
+    # The end of the head and 40 KB of body in one read.
+    with RawConn(gw.port) as c:
+        c.send(b"POST /api/echo/split HTTP/1.1\r\nHost: t\r\n")
+        time.sleep(0.05)
+        c.send(b"Content-Length: 40000\r\n\r\n" + b"b" * 40000)
+        r = c.read_response()
+        assert r.status == 200, r.body
+        assert r.json()["body_length"] == 40000
+    # 20 KB of headers (under the 32 KB limit) trickled in 1 KB pieces.
+    head = b"GET /api/echo/trickle HTTP/1.1\r\nHost: t\r\n"
+    head += b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 990) for i in range(20)) + b"\r\n"
+    with RawConn(gw.port) as c:
+        for i in range(0, len(head), 1000):
+            c.send(head[i : i + 1000])
+            time.sleep(0.005)
+        r = c.read_response()
+        assert r.status == 200, r.body
+        assert r.json()["headers"]["x-h19"] == "v" * 990
+    # Over the limit in pieces is still 431.
+    with RawConn(gw.port) as c:
+        c.send(b"GET /api/echo/big HTTP/1.1\r\nHost: t\r\n")
+        with contextlib.suppress(ConnectionError):
+            for i in range(40):
+                c.send(b"X-H%d: %s\r\n" % (i, b"v" * 990))
+                time.sleep(0.002)
+        assert_error(c.read_response(), 431, "headers_too_large")
+    # So is one header that never ends (the parser only reports complete headers).
+    with RawConn(gw.port) as c:
+        c.send(b"GET /api/echo/endless HTTP/1.1\r\nHost: t\r\nX-Endless: ")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(200):
+                c.send(b"a" * 1000)
+                time.sleep(0.002)
+        assert_error(c.read_response(), 431, "headers_too_large")
 
 
 def test_declared_body_over_max_body_bytes_gets_413_before_it_is_sent(gw_small: Gateway) -> None:
