@@ -187,8 +187,14 @@ def test_garbage_from_upstream_is_502(gw: Gateway) -> None:
 
 
 @pytest.mark.parametrize("path", ["/reset-mid-body", "/reset-mid-chunked", "/close-mid-body"])
-def test_upstream_breaking_mid_response_cuts_the_client_connection(gw: Gateway, path: str) -> None:
+@pytest.mark.parametrize("pooled", [False, True], ids=["new-connection", "pooled-connection"])
+def test_upstream_breaking_mid_response_cuts_the_client_connection(
+    gw: Gateway, path: str, pooled: bool
+) -> None:
     with RawConn(gw.port) as c:
+        if pooled:  # the gateway's task-free fast path runs on a pooled connection
+            c.request("GET", "/fast")
+            assert c.read_response().status == 200
         c.request("GET", path)
         with pytest.raises(IncompleteResponse) as e:
             c.read_response()
