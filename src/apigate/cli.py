@@ -75,6 +75,10 @@ def cmd_check(path: str | None) -> int:
     if cfg is None:
         return EXIT_CONFIG
     print(summarize(cfg))
+    from apigate.config.checks import config_warnings
+
+    for warning in config_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from apigate.config.errors import KeyPath, Problem
-from apigate.config.schema import HTTP_METHODS, AuthConfig, ObservabilityConfig, ServerConfig
+from apigate.config.schema import HTTP_METHODS, AuthConfig, Config, ObservabilityConfig, ServerConfig
 from apigate.config.yamlpos import Document
 
 T = TypeVar("T")
@@ -47,6 +47,20 @@ def cross_check(data: object, doc: Document, base_dir: str) -> list[Problem]:
     c.upstream_cas()
     c.auth()
     return c.problems
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """Valid but probably unintended settings: `apigate check` prints them and exits 0."""
+    out: list[str] = []
+    rl = cfg.rate_limiting
+    limited = (rl is not None and rl.default_limit is not None) or any(r.rate_limit for r in cfg.routes)
+    shared = rl is not None and (rl.redis_url or rl.redis_cluster_nodes or rl.redis_sentinel)
+    if limited and cfg.server.workers > 1 and not shared:
+        out.append(
+            f"server.workers is {cfg.server.workers} and rate limits are kept in memory: each worker "
+            "counts alone, so a client gets up to workers x limit (set rate_limiting.redis_url to share them)"
+        )
+    return out
 
 
 def _default(model: type[BaseModel], name: str) -> Any:

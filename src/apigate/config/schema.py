@@ -8,6 +8,7 @@ error that names the key, never a silently ignored setting. Field descriptions a
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -68,6 +69,16 @@ class ServerConfig(Section):
         default_factory=list, description="CIDRs whose X-Forwarded-For is believed for the client ip."
     )
     tls: TlsConfig | None = Field(None, description="Serve HTTPS on the proxy listener.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"'{cidr}' is not an IP address or CIDR") from None
+        return v
 
 
 # ----------------------------------------------------------------------------- logging
@@ -319,6 +330,13 @@ class LimitConfig(Section):
             raise ValueError(f"unknown key_type '{v}' (ip, user, route, api_key, header:<Name>)")
         return v
 
+    @model_validator(mode="after")
+    def _exact_range(self) -> LimitConfig:
+        # Counters are exact integers in Lua doubles (ratelimit/algorithms.py, MAX_UNITS).
+        if self.limit * max(1, round(self.window_secs * 1000)) * 2 >= 2**50:
+            raise ValueError("limit x window_secs is too large (limit x window in ms must stay below 2**49)")
+        return self
+
 
 class SentinelConfig(Section):
     master_name: str = Field(description="Sentinel master name.")
@@ -326,9 +344,13 @@ class SentinelConfig(Section):
 
 
 class RateLimitingConfig(Section):
-    redis_url: str | None = Field(None, description="redis://, rediss:// or unix:// (in memory when unset).")
+    redis_url: str | None = Field(
+        None,
+        description="redis://, rediss:// or unix:// (in memory when unset and no cluster or sentinel); "
+        "with a cluster or sentinel it gives only credentials, TLS and db.",
+    )
     redis_cluster_nodes: list[str] = Field(
-        default_factory=list, description="host:port seeds of a Redis Cluster."
+        default_factory=list, description="host:port seeds of a Redis Cluster (instead of redis_url's host)."
     )
     redis_sentinel: SentinelConfig | None = Field(None, description="Reach Redis through Sentinel.")
     timeout_ms: int = Field(50, ge=1, description="Longest a request waits on the limit store.")
@@ -343,6 +365,21 @@ class RateLimitingConfig(Section):
         if v is not None and urlsplit(v).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v
+
+    @field_validator("redis_cluster_nodes")
+    @classmethod
+    def _host_ports(cls, v: list[str]) -> list[str]:
+        for node in v:
+            host, sep, port = node.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"'{node}' is not host:port")
+        return v
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> RateLimitingConfig:
+        if self.redis_cluster_nodes and self.redis_sentinel is not None:
+            raise ValueError("give redis_cluster_nodes or redis_sentinel, not both")
+        return self
 
 
 # ----------------------------------------------------------------------------- upstreams, routes

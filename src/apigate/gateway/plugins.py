@@ -16,6 +16,14 @@ def build_filters(cfg: Config) -> list[Filter]:
         from apigate.auth.filter import AuthFilter  # PyJWT and cryptography load only when used
 
         filters.append(AuthFilter(cfg))
+    if cfg.rate_limiting is not None or any(r.rate_limit for r in cfg.routes):
+        from apigate.ratelimit.filter import RateLimitFilter
+
+        filters.append(RateLimitFilter(cfg))
+    from apigate.logs.filter import AccessLogFilter, wanted
+
+    if wanted(cfg):
+        filters.append(AccessLogFilter(cfg))
     # auth/ (priority 1250), ratelimit/ (910), telemetry/ metrics and logs/ access events
     # (on_complete only) register here as they are configured.
     return filters

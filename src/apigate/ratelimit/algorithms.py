@@ -1,0 +1,151 @@
+"""The three limit algorithms as pure functions on integers: state in, decision out.
+
+Why pure and integer-only: the in-memory store runs these functions and the Redis Lua
+script (`redis.py`) is a line-by-line transcription of them, so the same state and the
+same clock give the same answer in both (tests/unit/test_ratelimit_algorithms.py and the
+Redis integration test replay one shared table of cases through both). Lua numbers are
+doubles, exact for integers below 2**53; every quantity here is an integer of at most
+`limit * window_ms * 2`, which the config keeps below 2**50 (`MAX_UNITS`). Time is an
+integer of milliseconds; in Redis it is read from `TIME` inside the script.
+
+State is a tuple of ints stored as a Redis hash (fields a, b, c) or in a dict in memory.
+A missing state means "nothing counted": each algorithm picks its expiry so that, once
+the key has expired, the missing state gives the same answer the stored one would have
+(a full bucket, an empty window), which is why every key can carry a TTL.
+
+- token_bucket: capacity `limit`, refilled continuously at `limit` per window. Tokens are
+  counted in units of 1/window_ms token, so one request costs `window_ms` units and one
+  millisecond refills `limit` units: integer arithmetic, no rounding drift.
+  State (level, last_ms). TTL: time until the bucket is full again.
+- fixed_window: windows aligned to the epoch (`now // window_ms`), so every instance
+  agrees on the boundaries. State (window index, count). TTL: until the window ends.
+- sliding_window: the weighted two-window estimate (Cloudflare's): the previous window's
+  count weighted by the share of it still inside the rolling window, plus the current
+  count. O(1) memory per key. It is an estimate: it assumes the previous window's
+  requests were spread evenly. Worst case (all of them at its very end), a rolling
+  window can hold up to 2*limit - 1 accepted requests; with evenly spread traffic the
+  error is 0. docs/RATE_LIMITING.md has the derivation. State (window index, current,
+  previous). TTL: until both counts have aged out (two windows).
+
+A rejected request changes no state (so a client hammering a closed limit does not push
+its own reset further away), and a refill or rollover never needs to be written back:
+recomputing it from the stored state later gives the same value.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import NamedTuple
+
+MAX_UNITS = 2**50  # limit * window_ms must stay below this (Lua doubles are exact to 2**53)
+
+
+class Algorithm(IntEnum):
+    """Wire codes shared with the Lua script (ARGV[1])."""
+
+    TOKEN_BUCKET = 1
+    FIXED_WINDOW = 2
+    SLIDING_WINDOW = 3
+
+
+ALGORITHMS = {
+    "token_bucket": Algorithm.TOKEN_BUCKET,
+    "fixed_window": Algorithm.FIXED_WINDOW,
+    "sliding_window": Algorithm.SLIDING_WINDOW,
+}
+SHORT_NAMES = {Algorithm.TOKEN_BUCKET: "tb", Algorithm.FIXED_WINDOW: "fw", Algorithm.SLIDING_WINDOW: "sw"}
+
+State = tuple[int, ...]
+
+
+class Decision(NamedTuple):
+    """One check's answer; times in milliseconds from `now`."""
+
+    allowed: bool
+    remaining: int  # requests still allowed right now
+    reset_ms: int  # until the limit is fully available again
+    retry_ms: int  # rejected: until a request would be accepted; allowed: 0
+
+
+class Outcome(NamedTuple):
+    decision: Decision
+    state: State | None  # to store (None: store nothing)
+    ttl_ms: int  # expiry of the stored state
+
+
+def window_ms(window_secs: float) -> int:
+    return max(1, round(window_secs * 1000))
+
+
+def check_units(limit: int, window: int) -> None:
+    """Raise ValueError when limit x window would leave the exact-integer range of Lua."""
+    if limit * window * 2 >= MAX_UNITS:
+        raise ValueError(f"limit x window_ms = {limit * window} is too large (must stay below 2**49)")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def token_bucket(state: State | None, now: int, limit: int, window: int) -> Outcome:
+    capacity = limit * window
+    if state is None:
+        level = capacity
+    else:
+        elapsed = max(0, now - state[1])
+        level = min(capacity, state[0] + elapsed * limit)
+    if level >= window:
+        level -= window
+        reset = _ceil_div(capacity - level, limit)
+        return Outcome(Decision(True, level // window, reset, 0), (level, now), reset)
+    reset = _ceil_div(capacity - level, limit)
+    retry = _ceil_div(window - level, limit)
+    return Outcome(Decision(False, 0, reset, retry), None, 0)
+
+
+def fixed_window(state: State | None, now: int, limit: int, window: int) -> Outcome:
+    index = now // window
+    count = state[1] if state is not None and state[0] == index else 0
+    reset = (index + 1) * window - now
+    if count < limit:
+        count += 1
+        return Outcome(Decision(True, limit - count, reset, 0), (index, count), reset)
+    return Outcome(Decision(False, 0, reset, reset), None, 0)
+
+
+def sliding_window(state: State | None, now: int, limit: int, window: int) -> Outcome:
+    index = now // window
+    elapsed = now - index * window
+    current = previous = 0
+    if state is not None:
+        if state[0] == index:
+            current, previous = state[1], state[2]
+        elif state[0] == index - 1:
+            previous = state[1]
+    budget = limit * window
+    weighted = previous * (window - elapsed) + current * window
+    if weighted + window <= budget:
+        current += 1
+        weighted += window
+        ttl = 2 * window - elapsed
+        return Outcome(Decision(True, (budget - weighted) // window, ttl, 0), (index, current, previous), ttl)
+    reset = 2 * window - elapsed if current > 0 else window - elapsed
+    if current < limit:
+        # Later in this window the previous count weighs less: the first d with
+        # previous * (window - elapsed - d) <= (limit - current - 1) * window.
+        retry = (window - elapsed) - ((limit - current - 1) * window) // previous
+    else:
+        # Only the next window helps, where this window's count becomes the previous one.
+        retry = (window - elapsed) + window - ((limit - 1) * window) // current
+    return Outcome(Decision(False, 0, reset, retry), None, 0)
+
+
+CHECKS = {
+    Algorithm.TOKEN_BUCKET: token_bucket,
+    Algorithm.FIXED_WINDOW: fixed_window,
+    Algorithm.SLIDING_WINDOW: sliding_window,
+}
+
+
+def check(algorithm: Algorithm, state: State | None, now: int, limit: int, window: int) -> Outcome:
+    return CHECKS[algorithm](state, now, limit, window)

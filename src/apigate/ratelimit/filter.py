@@ -1,0 +1,194 @@
+"""The rate-limit filter (priority 910, Kong's rate-limiting slot, after auth at 1250).
+
+Each matched route gets a `Rule` when the filter is built: its own `rate_limit`, else
+`rate_limiting.default_limit` (shared across those routes: scope `d`), or none when
+`rate_limit: false` or nothing applies. Requests that matched no route are not limited.
+
+Per request: build the key (keys.py), then ask the store. In memory the answer is
+synchronous (no task). With Redis the filter returns an awaitable of the store's future,
+which the loop turn's batch resolves. While Redis is unreachable (breaker open, timeout,
+connection refused): `fail_closed` answers 503 `rate_limit_unavailable`; `fail_open`
+counts the request in a per-instance in-memory limiter with the same limits and logs a
+`rate_limit_degraded` warning (at most one per `DEGRADED_LOG_INTERVAL_S`).
+
+Every response on a limited route carries RateLimit-Limit / -Remaining / -Reset
+(draft-ietf-httpapi-ratelimit-headers; Reset in delta-seconds) and the X-RateLimit-*
+twins many clients still read; they are added through `ctx.add_response_header`, so
+the 429, proxied responses and any later local reply all carry them. A rejection is 429
+`rate_limited` with Retry-After in whole seconds, at least 1 (RFC 9110 §10.2.3).
+
+Counters for metrics (exported by the telemetry package):
+- `limited[(route_id, key_type)]` -> rate_limited_requests_total{route,key_type}
+- `store.backend_errors`, `store.latency_*` on the RedisStore (see redis.py);
+  `circuit_open` there counts checks answered without Redis while the breaker was open.
+- `degraded` -> checks answered by the fail_open local limiter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+
+from apigate.config.schema import Config, LimitConfig
+from apigate.gateway.context import RequestContext
+from apigate.gateway.filters import Filter, RequestOutcome, Response
+from apigate.gateway.router import Route
+from apigate.logs import events
+from apigate.ratelimit.algorithms import ALGORITHMS, SHORT_NAMES, Decision, check_units, window_ms
+from apigate.ratelimit.keys import ClientIp, key_for, scope_prefix
+from apigate.ratelimit.memory import MemoryStore
+from apigate.ratelimit.redis import RedisStore, StoreUnavailable, call_args, packed_args
+
+DEGRADED_LOG_INTERVAL_S = 10.0
+X_API_KEY = b"x-api-key"
+
+RATELIMIT_LIMIT = b"ratelimit-limit"
+RATELIMIT_REMAINING = b"ratelimit-remaining"
+RATELIMIT_RESET = b"ratelimit-reset"
+X_RATELIMIT_LIMIT = b"x-ratelimit-limit"
+X_RATELIMIT_REMAINING = b"x-ratelimit-remaining"
+X_RATELIMIT_RESET = b"x-ratelimit-reset"
+RETRY_AFTER = b"retry-after"
+
+_INTS = [b"%d" % i for i in range(1024)]
+
+
+def _int(i: int) -> bytes:
+    return _INTS[i] if i < 1024 else b"%d" % i
+
+
+def seconds(ms: int) -> int:
+    """Whole seconds, rounded up: a client waiting that long is never early."""
+    return -(-ms // 1000)
+
+
+class Rule:
+    """One route's limit, resolved once: key parts, packed Redis arguments, header values."""
+
+    def __init__(self, route_id: str, limit: LimitConfig, scope: str) -> None:
+        self.route_id = route_id
+        self.key_type = limit.key_type
+        self.algorithm = ALGORITHMS[limit.algorithm]
+        self.limit = limit.limit
+        self.window = window_ms(limit.window_secs)
+        check_units(self.limit, self.window)
+        self.prefix = scope_prefix(scope, SHORT_NAMES[self.algorithm], limit.key_type)
+        self.limit_b = _int(self.limit)
+        self.args = packed_args(call_args(self.algorithm, self.limit, self.window))
+        self.header = limit.key_type[7:].lower().encode() if limit.key_type.startswith("header:") else b""
+        self.route_key = key_for(self.prefix, b"route", route_id.encode())
+        self.metric_key = (route_id, limit.key_type)
+
+
+class RateLimitFilter(Filter):
+    name = "ratelimit"
+    priority = 910
+
+    def __init__(
+        self, cfg: Config, store: RedisStore | None = None, memory: MemoryStore | None = None
+    ) -> None:
+        rl = cfg.rate_limiting
+        self.fail_open = rl is not None and rl.failure_mode == "fail_open"
+        self.rules: dict[str, Rule] = {}
+        default = rl.default_limit if rl is not None else None
+        for route in cfg.routes:
+            if route.rate_limit is False:
+                continue
+            if route.rate_limit is not None:
+                self.rules[route.id] = Rule(route.id, route.rate_limit, f"r:{route.id}")
+            elif default is not None:
+                self.rules[route.id] = Rule(route.id, default, "d")
+        self.client_ip = ClientIp(cfg.server.trusted_proxies)
+        self.memory = memory if memory is not None else MemoryStore()
+        self.store = store
+        if store is None and rl is not None and (rl.redis_url or rl.redis_cluster_nodes or rl.redis_sentinel):
+            sentinel = None
+            if rl.redis_sentinel is not None:
+                sentinel = (rl.redis_sentinel.master_name, rl.redis_sentinel.sentinels)
+            self.store = RedisStore(
+                rl.redis_url, rl.timeout_ms, cluster_nodes=rl.redis_cluster_nodes, sentinel=sentinel
+            )
+        # metrics
+        self.limited: dict[tuple[str, str], int] = {r.metric_key: 0 for r in self.rules.values()}
+        self.degraded = 0
+        self._last_degraded_log = -DEGRADED_LOG_INTERVAL_S
+
+    def applies_to(self, route: Route | None) -> bool:
+        return route is not None and route.id in self.rules
+
+    # ------------------------------------------------------------------ keys
+    def key(self, ctx: RequestContext, rule: Rule) -> bytes:
+        kind = rule.key_type
+        if kind == "route":
+            return rule.route_key
+        if kind == "user":
+            if ctx.user is not None:
+                return key_for(rule.prefix, b"user", ctx.user.encode())
+        elif kind == "api_key" or rule.header:
+            wanted = rule.header or X_API_KEY
+            for name, value in ctx.cycle.headers:
+                if name == wanted:
+                    return key_for(rule.prefix, b"h", value, hashed=kind == "api_key")
+        ip = (
+            self.client_ip.resolve(ctx.client_ip, ctx.cycle.headers)
+            if self.client_ip.networks
+            else ctx.client_ip
+        )
+        return key_for(rule.prefix, b"ip", ip.encode())
+
+    # ------------------------------------------------------------------ the request
+    def on_request(self, ctx: RequestContext) -> RequestOutcome:
+        assert ctx.route is not None
+        rule = self.rules[ctx.route.id]
+        key = self.key(ctx, rule)
+        store = self.store
+        if store is None:
+            return self.decide(ctx, rule, self.memory.check(key, rule.algorithm, rule.limit, rule.window))
+        if not store.available:
+            store.backend_errors["circuit_open"] += 1
+            return self.unavailable(ctx, rule, key)
+        return self._wait(ctx, rule, key, store.check(key, rule.args))
+
+    async def _wait(
+        self, ctx: RequestContext, rule: Rule, key: bytes, pending: Awaitable[Decision]
+    ) -> Response | None:
+        try:
+            decision = await pending
+        except StoreUnavailable:
+            return self.unavailable(ctx, rule, key)
+        return self.decide(ctx, rule, decision)
+
+    def decide(self, ctx: RequestContext, rule: Rule, d: Decision) -> Response | None:
+        reset = _int(seconds(d.reset_ms))
+        remaining = _int(d.remaining)
+        ctx.add_response_header(RATELIMIT_LIMIT, rule.limit_b)
+        ctx.add_response_header(RATELIMIT_REMAINING, remaining)
+        ctx.add_response_header(RATELIMIT_RESET, reset)
+        ctx.add_response_header(X_RATELIMIT_LIMIT, rule.limit_b)
+        ctx.add_response_header(X_RATELIMIT_REMAINING, remaining)
+        ctx.add_response_header(X_RATELIMIT_RESET, reset)
+        if d.allowed:
+            return None
+        self.limited[rule.metric_key] += 1
+        retry = _int(max(1, seconds(d.retry_ms)))
+        return Response.error_reply("rate_limited", ctx, [(RETRY_AFTER, retry)])
+
+    def unavailable(self, ctx: RequestContext, rule: Rule, key: bytes) -> Response | None:
+        if not self.fail_open:
+            return Response.error_reply("rate_limit_unavailable", ctx)
+        self.degraded += 1
+        now = time.monotonic()
+        if now - self._last_degraded_log >= DEGRADED_LOG_INTERVAL_S:
+            self._last_degraded_log = now
+            events.emit(
+                "WARN",
+                "ratelimit",
+                "rate_limit_degraded",
+                "Rate-limit store unavailable: limiting per instance in memory (fail_open)",
+                route=rule.route_id,
+            )
+        return self.decide(ctx, rule, self.memory.check(key, rule.algorithm, rule.limit, rule.window))
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
