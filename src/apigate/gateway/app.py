@@ -33,6 +33,7 @@ ADMIN_LIMITS = Limits(
 
 if TYPE_CHECKING:
     from apigate.http.server import RequestCycle
+    from apigate.logs.pipeline import Pipeline
 
 JSON = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
@@ -74,6 +75,7 @@ class App:
         self.health = Health(self.state, hc.liveness_enabled, hc.readiness_enabled)
         self.servers: list[asyncio.Server] = []
         self.admin_server: asyncio.Server | None = None
+        self.logs: Pipeline | None = None  # built in start(): it needs the worker's loop
         self.proxy = Proxy(self.pools, self.timeouts, self._proxied)
 
     # ------------------------------------------------------------------ the request's journey
@@ -197,6 +199,13 @@ class App:
 
     async def start(self, reuse_port: bool = False) -> None:
         s = self.cfg.server
+        # The log pipeline first, so that every event from here on goes through it.
+        from apigate.logs.pipeline import Pipeline, worker_index
+
+        worker = worker_index()
+        self.logs = Pipeline.from_config(self.cfg.logging, worker)
+        await self.logs.start()
+        events.attach(self.logs, take_early=not worker)
         sslctx = self.ssl_context()
         factory = make_protocol_factory(self.handle, self.state, "https" if sslctx else "http")
         server = await self.loop.create_server(
@@ -246,6 +255,10 @@ class App:
         if self.admin_server is not None:
             self.admin_server.close()
         events.emit("INFO", "server", "listener_stopped", "Listener stopped", address=self.address)
+        if self.logs is not None:
+            # SIGTERM flushes every sink within the drain timeout; what is left is spooled.
+            await self.logs.close(max(1.0, deadline - self.loop.time()))
+            events.detach(self.logs)
 
     @property
     def address(self) -> str:

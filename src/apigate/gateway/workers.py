@@ -19,11 +19,15 @@ RESTART_MIN_UPTIME_S = 1.0
 
 def run_workers(count: int, worker: Callable[[], int]) -> int:
     children: dict[int, float] = {}
+    index_of: dict[int, int] = {}  # pid -> worker index, reused by a restarted worker
     stopping = False
 
-    def spawn() -> None:
+    def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
+            # Per-worker resources keyed by index survive a restart: the log file
+            # `<path>.<index>` and the log spool (logs/pipeline.py).
+            os.environ["APIGATE_WORKER_INDEX"] = str(index)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 1
@@ -33,6 +37,7 @@ def run_workers(count: int, worker: Callable[[], int]) -> int:
                 sys.stdout.flush()
                 os._exit(code)
         children[pid] = time.monotonic()
+        index_of[pid] = index
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -43,8 +48,8 @@ def run_workers(count: int, worker: Callable[[], int]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    for _ in range(count):
-        spawn()
+    for i in range(count):
+        spawn(i)
     exit_code = 0
     while children:
         try:
@@ -54,6 +59,7 @@ def run_workers(count: int, worker: Callable[[], int]) -> int:
         except InterruptedError:
             continue
         started = children.pop(pid, None)
+        index = index_of.pop(pid, 0)
         if started is None:
             continue
         code = os.waitstatus_to_exitcode(status)
@@ -67,5 +73,5 @@ def run_workers(count: int, worker: Callable[[], int]) -> int:
             on_signal(signal.SIGTERM, None)
             continue
         print(f"apigate: worker {pid} exited with {code}; restarting", file=sys.stderr)
-        spawn()
+        spawn(index)
     return exit_code

@@ -114,6 +114,10 @@ class RequestCycle:
     upstream_timeout = 0.0  # the upstream's timeout_secs: the longest silence mid-body
     flow_progress = 0  # flow.progress when the watchdog last looked
     client_request_id: bytes | None = None  # the client's X-Request-ID, as sent
+    # For the access log's response_size (logs/filter.py): the declared Content-Length,
+    # else the body bytes that went through write().
+    response_length: int | None = None
+    body_bytes = 0
 
     def __init__(
         self,
@@ -161,6 +165,7 @@ class RequestCycle:
             out += (name, b": ", value, b"\r\n")
         if content_length is not None:
             out.append(b"content-length: %d\r\n" % content_length)
+            self.response_length = content_length if self.write_body else 0
         elif status >= 200 and status not in (204, 304) and self.write_body:
             if self.http_version == "1.1":
                 self.chunked_response = True
@@ -178,6 +183,7 @@ class RequestCycle:
     def write(self, chunk: bytes) -> None:
         if not self.write_body or not chunk or self.proto.closing:
             return
+        self.body_bytes += len(chunk)  # access log's response_size
         if self.chunked_response:
             proto = self.proto
             proto.write(b"%x\r\n" % len(chunk))

@@ -1,22 +1,33 @@
-"""Lifecycle events as one JSON object per line on stdout.
+"""Events: `emit()` for lifecycle and error events, the entry to the log pipeline.
 
-A stand-in for the sink pipeline: the fields follow the guide's §1.4 shape so log
-searches written today keep working when the pipeline replaces this writer.
+While a pipeline runs in this process (`attach`, done by `App.start`), `emit` only hands
+the event to it (pipeline.py: redaction, sinks, spool). Before that, and in commands that
+never start one, `emit` writes the event at once to stdout, redacted, as one JSON line
+(or text), and keeps it in a short list that the pipeline, once attached, sends to its
+other sinks: so "Configuration loaded", logged before the listener exists, still reaches
+the file and Elasticsearch. With several workers only worker 0 takes that list.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from apigate.logs.redact import redact
+
+if TYPE_CHECKING:
+    from apigate.logs.pipeline import Pipeline
+
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+EARLY_MAX_EVENTS = 1000
 _min_level = 20
 _service = "api-gateway"
 _text = False
+_pipeline: Pipeline | None = None
+_early: list[dict[str, Any]] = []
 
 
 def configure(level: str = "INFO", service: str = "api-gateway", fmt: str = "json") -> None:
@@ -26,29 +37,69 @@ def configure(level: str = "INFO", service: str = "api-gateway", fmt: str = "jso
     _text = fmt == "text"
 
 
-def _timestamp() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+def attach(pipeline: Pipeline, take_early: bool = True) -> None:
+    """From now on events go to `pipeline`; it also gets the events emitted before."""
+    global _pipeline
+    _pipeline = pipeline
+    early = list(_early)
+    _early.clear()
+    if take_early:
+        for ev in early:
+            ev["_early"] = True  # already written to stdout
+            pipeline.submit(ev)
+
+
+def detach(pipeline: Pipeline) -> None:
+    global _pipeline
+    if _pipeline is pipeline:
+        _pipeline = None
+
+
+def current() -> Pipeline | None:
+    return _pipeline
+
+
+def timestamp(now: float | None = None) -> str:
+    from apigate.logs.pipeline import rfc3339
+
+    return rfc3339(time.time() if now is None else now)
 
 
 def emit(level: str, component: str, event_type: str, message: str, **fields: Any) -> None:
     if LEVELS.get(level, 20) < _min_level:
         return
     event: dict[str, Any] = {
-        "timestamp": _timestamp(),
+        "timestamp": time.time(),
         "level": level,
         "service": _service,
         "component": component,
         "event_type": event_type,
         "message": message,
-        "pid": os.getpid(),
     }
     event.update(fields)
+    p = _pipeline
+    if p is not None:
+        p.submit(event)
+        return
+    if len(_early) < EARLY_MAX_EVENTS:
+        _early.append(dict(event))
+    _write_now(event)
+
+
+def _write_now(event: dict[str, Any]) -> None:
+    event["timestamp"] = timestamp(event["timestamp"])
+    event = redact(event)
     if _text:
-        extra = " ".join(f"{k}={v}" for k, v in fields.items())
-        line = f"{event['timestamp']} {level} {component} {message} {extra}".rstrip().encode() + b"\n"
+        extra = " ".join(
+            f"{k}={v}"
+            for k, v in event.items()
+            if k not in ("timestamp", "level", "service", "component", "event_type", "message")
+        )
+        line = (
+            f"{event['timestamp']} {event['level']} {event['component']} {event['message']} {extra}"
+        ).rstrip().encode() + b"\n"
     else:
-        line = orjson.dumps(event) + b"\n"
+        line = orjson.dumps(event, default=str) + b"\n"
     try:
         sys.stdout.buffer.write(line)
         sys.stdout.flush()
