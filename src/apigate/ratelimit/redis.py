@@ -167,7 +167,7 @@ def pack(*args: bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join(bulk(a) for a in args)
 
 
-_EVALSHA_HEAD = b"*7\r\n" + bulk(b"EVALSHA") + bulk(SCRIPT_SHA.encode()) + bulk(b"1")
+_EVALSHA_HEAD = b"*8\r\n" + bulk(b"EVALSHA") + bulk(SCRIPT_SHA.encode()) + bulk(b"1")
 _SCRIPT_LOAD = pack(b"SCRIPT", b"LOAD", SCRIPT.encode())
 
 
@@ -533,11 +533,13 @@ class RedisStore:
                 for attempt in range(2):
                     pipe = self.cluster.pipeline()
                     for key, args, _ in todo:
-                        pipe.evalsha(SCRIPT_SHA, 1, key, *_unpack_args(args))
+                        # (redis-py refuses pipe.evalsha() on a cluster; the raw command routes by key)
+                        pipe.execute_command("EVALSHA", SCRIPT_SHA, 1, key, *_unpack_args(args))
                     results = await pipe.execute(raise_on_error=False)
                     again: list[Call] = []
                     for call, result in zip(todo, results, strict=True):
-                        if isinstance(result, NoScriptError) and attempt == 0:
+                        noscript = isinstance(result, NoScriptError) or str(result).startswith("NOSCRIPT")
+                        if noscript and isinstance(result, Exception) and attempt == 0:
                             again.append(call)
                         elif isinstance(result, RedisError | hiredis.ReplyError):
                             self.backend_errors["script"] += 1
