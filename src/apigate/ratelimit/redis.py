@@ -48,7 +48,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -269,8 +269,8 @@ class _Connection(asyncio.Protocol):
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop's transports do not subclass asyncio.Transport; they implement it)
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
@@ -520,7 +520,12 @@ class RedisStore:
         self._conn = conn
         waiting, self._waiting_connection = self._waiting_connection, []
         for calls, deadline in waiting:
-            self._send(conn, calls, deadline)
+            try:
+                self._send(conn, calls, deadline)
+            except Exception as e:  # never leave a request waiting on a future nobody resolves
+                for _, _, fut in calls:
+                    _resolve(fut, StoreUnavailable("connection"))
+                self._failed("connection", e)
 
     async def _cluster_batch(self, calls: list[Call], deadline: float) -> None:
         from redis.exceptions import NoScriptError, RedisError
