@@ -75,6 +75,10 @@ def cmd_check(path: str | None) -> int:
     if cfg is None:
         return EXIT_CONFIG
     print(summarize(cfg))
+    if cfg.observability.tracing.enabled:
+        from apigate.telemetry.tracing import describe  # where spans go, and in which protocol
+
+        print(describe(cfg.observability.tracing))
     from apigate.config.checks import config_warnings
 
     for warning in config_warnings(cfg):
@@ -94,8 +98,10 @@ def cmd_serve(path: str | None) -> int:
     if workers == 1:
         return _run(serve(cfg))
     from apigate.gateway.workers import run_workers
+    from apigate.telemetry.metrics import multiprocess_dir
 
-    return run_workers(workers, lambda: _run(serve(cfg, reuse_port=True)))
+    with multiprocess_dir():  # one scrape sums the workers (telemetry/metrics.py)
+        return run_workers(workers, lambda: _run(serve(cfg, reuse_port=True)))
 
 
 def _run(coro: object) -> int:

@@ -24,7 +24,9 @@ from apigate.gateway.router import Match, NoMatch, Router
 from apigate.http.client import UpstreamError, UpstreamPool
 from apigate.http.server import Limits, ServerState, make_protocol_factory
 from apigate.logs import events
-from apigate.telemetry.admin import AdminApp, Health
+from apigate.telemetry.admin import AdminApp
+from apigate.telemetry.health import Health
+from apigate.telemetry.runtime import Telemetry
 
 # The metrics listener serves scrapes and probes: a few connections, small requests.
 ADMIN_LIMITS = Limits(
@@ -73,6 +75,7 @@ class App:
         )
         hc = cfg.observability.health_checks
         self.health = Health(self.state, hc.liveness_enabled, hc.readiness_enabled)
+        self.telemetry = Telemetry(cfg, self.state, self.health, chain_filters)
         self.servers: list[asyncio.Server] = []
         self.admin_server: asyncio.Server | None = None
         self.logs: Pipeline | None = None  # built in start(): it needs the worker's loop
@@ -239,6 +242,7 @@ class App:
                 "Metrics listener started",
                 address=f"{host}:{obs.metrics_port}",
             )
+        await self.telemetry.start()
 
     async def shutdown(self) -> None:
         """Stop accepting, let in-flight requests finish (up to drain_timeout), then close."""
@@ -254,6 +258,7 @@ class App:
             pool.close()
         if self.admin_server is not None:
             self.admin_server.close()
+        await self.telemetry.stop()
         events.emit("INFO", "server", "listener_stopped", "Listener stopped", address=self.address)
         if self.logs is not None:
             # SIGTERM flushes every sink within the drain timeout; what is left is spooled.

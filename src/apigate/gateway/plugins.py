@@ -26,4 +26,13 @@ def build_filters(cfg: Config) -> list[Filter]:
         filters.append(AccessLogFilter(cfg))
     # auth/ (priority 1250), ratelimit/ (910), telemetry/ metrics and logs/ access events
     # (on_complete only) register here as they are configured.
+    obs = cfg.observability
+    if obs.metrics_enabled:
+        from apigate.telemetry.filter import MetricsFilter
+
+        filters.append(MetricsFilter())
+    if obs.tracing.enabled:
+        from apigate.telemetry.tracing import Tracing, TracingFilter  # OpenTelemetry loads only when on
+
+        filters.append(TracingFilter(Tracing(obs.tracing)))
     return filters

@@ -9,37 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import orjson
-
 from apigate.gateway.errors import error_body, error_headers
 from apigate.http.headers import Headers
 from apigate.telemetry import metrics
+from apigate.telemetry.health import Health
 
 if TYPE_CHECKING:
     from apigate.http.server import RequestCycle, ServerState
 
-HEALTH_LIVE = "/health/live"
-HEALTH_READY = "/health/ready"
 _JSON: Headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
-
-
-class Health:
-    """Liveness and readiness as the gateway sees them (dependency checks come later)."""
-
-    def __init__(self, state: ServerState, liveness: bool, readiness: bool) -> None:
-        self.state = state
-        self.liveness = liveness
-        self.readiness = readiness
-
-    def answer(self, path: str) -> tuple[int, bytes] | None:
-        """(status, JSON body) for a health path, or None if it is not one (or is off)."""
-        if path == HEALTH_LIVE and self.liveness:
-            return 200, b'{"status":"ok"}'
-        if path == HEALTH_READY and self.readiness:
-            if self.state.draining:
-                return 503, orjson.dumps({"status": "draining"})
-            return 200, b'{"status":"ready"}'
-        return None
 
 
 class AdminApp:
@@ -53,7 +31,7 @@ class AdminApp:
     def handle(self, cycle: RequestCycle) -> None:
         path = cycle.target.split(b"?", 1)[0].decode("latin-1")
         if path == "/metrics" and self.metrics_enabled:
-            cycle.send_response(200, [(b"content-type", metrics.CONTENT_TYPE)], metrics.render(self.state))
+            cycle.send_response(200, [(b"content-type", metrics.CONTENT_TYPE)], metrics.render())
         else:
             answer = self.health.answer(path)
             if answer is not None:

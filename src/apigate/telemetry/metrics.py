@@ -1,38 +1,358 @@
 """Every metric name apigate exports is defined here, once.
 
-The request counters and histograms the guide's alert rules query
-(`http_requests_total`, `http_request_duration_seconds`, ...) arrive with the
-Observability work; what is here is read at scrape time from state the gateway keeps
-anyway, so exporting it costs the request path nothing.
+The guide's alert rules (§5.1), runbook queries (§2.4) and the Grafana dashboard query
+these names and labels, so they are part of apigate's interface: renaming one breaks
+`deploy/prometheus` (tests/integration/test_monitoring_kit.py checks a real scrape
+against every alert expression).
+
+Why a small registry of our own rather than prometheus_client: the request path
+records 3-4 series per request, and a plain dict update here costs a fraction of
+prometheus_client's `labels(...).inc()` (a lock, label validation and a child object per
+call; multiprocess mode adds an mmap write per value). bench/metrics_micro.py measures
+both; the numbers are in docs/OBSERVABILITY.md. The registry is deliberately minimal:
+counters, gauges and histograms keyed by a tuple of label values, rendered in the
+Prometheus text format 0.0.4.
+
+Values that the gateway keeps anyway (open connections, in-flight requests, the auth
+filter's per-reason failure counts) are copied in by *collectors* at scrape time, so
+exporting them costs the request path nothing.
+
+With `server.workers > 1` every worker writes a snapshot of its registry to a per-run
+directory once per `SNAPSHOT_INTERVAL_S`; whichever worker a scrape reaches answers with
+its own live values plus the other workers' latest snapshots (see `MultiProcess`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import math
+import os
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Literal, TypeAlias, cast
+
+import orjson
 
 from apigate import __version__
 
-if TYPE_CHECKING:
-    from apigate.http.server import ServerState
-
-BUILD_INFO = "apigate_build_info"
-ACTIVE_CONNECTIONS = "active_connections"
-IN_FLIGHT_REQUESTS = "in_flight_requests"
-
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
+Kind: TypeAlias = Literal["counter", "gauge", "histogram"]
+LabelValues: TypeAlias = tuple[str | int, ...]
 
-def render(state: ServerState) -> bytes:
-    """Prometheus text exposition (format 0.0.4) of the gauges above."""
-    lines = [
-        f"# HELP {BUILD_INFO} apigate build information.",
-        f"# TYPE {BUILD_INFO} gauge",
-        f'{BUILD_INFO}{{version="{__version__}"}} 1',
-        f"# HELP {ACTIVE_CONNECTIONS} Open client connections on the proxy listener.",
-        f"# TYPE {ACTIVE_CONNECTIONS} gauge",
-        f"{ACTIVE_CONNECTIONS} {len(state.connections)}",
-        f"# HELP {IN_FLIGHT_REQUESTS} Requests being handled right now.",
-        f"# TYPE {IN_FLIGHT_REQUESTS} gauge",
-        f"{IN_FLIGHT_REQUESTS} {state.in_flight}",
-    ]
-    return ("\n".join(lines) + "\n").encode()
+# 1 ms to 10 s, including 0.5 s (the HighLatency alert's threshold must be a bucket bound:
+# histogram_quantile interpolates inside a bucket, so a bound at the threshold keeps the
+# alert's decision exact).
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+UPSTREAM_BUCKETS = REQUEST_BUCKETS
+BACKEND_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Metric:
+    """One metric family: name, help, label names, and its series by label values."""
+
+    def __init__(self, name: str, kind: Kind, help_text: str, labelnames: tuple[str, ...]) -> None:
+        self.name = name
+        self.kind = kind
+        self.help = help_text
+        self.labelnames = labelnames
+        self.series: dict[LabelValues, float] = {}
+
+    def inc(self, labels: LabelValues = (), amount: float = 1.0) -> None:
+        s = self.series
+        s[labels] = s.get(labels, 0.0) + amount
+
+    def set(self, labels: LabelValues, value: float) -> None:
+        self.series[labels] = value
+
+    def value(self, labels: LabelValues = ()) -> float:
+        return self.series.get(labels, 0.0)
+
+
+class Histogram:
+    """Buckets are kept non-cumulative ([bucket 0, ..., +Inf, sum]); rendering sums them up.
+
+    `observe` is one bisect, two list updates: cheap enough for every request.
+    """
+
+    kind: Kind = "histogram"
+
+    def __init__(self, name: str, help_text: str, labelnames: tuple[str, ...], buckets: tuple[float, ...]):
+        self.name = name
+        self.help = help_text
+        self.labelnames = labelnames
+        self.buckets = buckets
+        self.series: dict[LabelValues, list[float]] = {}
+
+    def observe(self, labels: LabelValues, value: float) -> None:
+        s = self.series.get(labels)
+        if s is None:
+            s = self.series[labels] = [0.0] * (len(self.buckets) + 2)
+        s[bisect_left(self.buckets, value)] += 1
+        s[-1] += value
+
+    def count(self, labels: LabelValues = ()) -> float:
+        s = self.series.get(labels)
+        return 0.0 if s is None else sum(s[:-1])
+
+
+Family: TypeAlias = Metric | Histogram
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.families: dict[str, Family] = {}
+        self.collectors: dict[str, Callable[[], None]] = {}
+
+    def _add(self, family: Family) -> None:
+        if family.name in self.families:
+            raise ValueError(f"metric {family.name} defined twice")
+        self.families[family.name] = family
+
+    def counter(self, name: str, help_text: str, labelnames: tuple[str, ...] = ()) -> Metric:
+        m = Metric(name, "counter", help_text, labelnames)
+        self._add(m)
+        return m
+
+    def gauge(self, name: str, help_text: str, labelnames: tuple[str, ...] = ()) -> Metric:
+        m = Metric(name, "gauge", help_text, labelnames)
+        self._add(m)
+        return m
+
+    def histogram(
+        self, name: str, help_text: str, labelnames: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> Histogram:
+        h = Histogram(name, help_text, labelnames, buckets)
+        self._add(h)
+        return h
+
+    def add_collector(self, key: str, fn: Callable[[], None]) -> None:
+        """Run `fn` before every scrape or snapshot (it copies values in); `key` replaces."""
+        self.collectors[key] = fn
+
+    def remove_collector(self, key: str) -> None:
+        self.collectors.pop(key, None)
+
+    def collect(self) -> None:
+        for fn in list(self.collectors.values()):
+            fn()
+
+    # ---------------------------------------------------------------- snapshots (workers > 1)
+    def snapshot(self) -> dict[str, list[list[object]]]:
+        """The registry as JSON-able data: {name: [[*label values, value or bucket list]]}."""
+        self.collect()
+        return {
+            name: [[*labels, value] for labels, value in fam.series.items()]
+            for name, fam in self.families.items()
+            if fam.series
+        }
+
+    def render(self, others: Iterable[tuple[dict[str, list[list[object]]], bool]] = ()) -> bytes:
+        """Prometheus text exposition of this registry, plus other workers' snapshots.
+
+        `others` yields (snapshot, alive): a dead worker's counters and histograms still
+        count (its requests happened; dropping them would make the sums go backwards),
+        its gauges do not.
+        """
+        self.collect()
+        merged: dict[str, dict[LabelValues, float | list[float]]] = {
+            name: dict(fam.series) for name, fam in self.families.items()
+        }
+        for snap, alive in others:
+            for name, rows in snap.items():
+                fam = self.families.get(name)
+                if fam is None or (fam.kind == "gauge" and not alive):
+                    continue
+                into = merged[name]
+                for row in rows:
+                    labels = cast(LabelValues, tuple(row[:-1]))
+                    value = row[-1]
+                    have = into.get(labels)
+                    if isinstance(value, list):
+                        buckets = cast(list[float], value)
+                        if isinstance(have, list):
+                            buckets = [a + b for a, b in zip(have, buckets, strict=True)]
+                        into[labels] = buckets
+                    else:
+                        into[labels] = float(cast(float, value)) + (
+                            float(have) if isinstance(have, (int, float)) else 0.0
+                        )
+        out: list[str] = []
+        for name, fam in self.families.items():
+            out.append(f"# HELP {name} {fam.help}")
+            out.append(f"# TYPE {name} {fam.kind}")
+            names = fam.labelnames
+            for labels, value in sorted(merged[name].items(), key=lambda kv: tuple(map(str, kv[0]))):
+                pairs = [f'{n}="{_escape(v)}"' for n, v in zip(names, labels, strict=True)]
+                if isinstance(value, list):
+                    assert isinstance(fam, Histogram)
+                    prefix = ",".join(pairs)
+                    sep = "," if prefix else ""
+                    running = 0.0
+                    for bound, n in zip((*fam.buckets, math.inf), value[:-1], strict=True):
+                        running += n
+                        out.append(f'{name}_bucket{{{prefix}{sep}le="{_bound(bound)}"}} {_num(running)}')
+                    label_str = f"{{{prefix}}}" if prefix else ""
+                    out.append(f"{name}_sum{label_str} {_num(value[-1])}")
+                    out.append(f"{name}_count{label_str} {_num(running)}")
+                else:
+                    label_str = "{" + ",".join(pairs) + "}" if pairs else ""
+                    out.append(f"{name}{label_str} {_num(value)}")
+        return ("\n".join(out) + "\n").encode()
+
+
+def _escape(v: str | int) -> str:
+    s = str(v)
+    if "\\" in s or '"' in s or "\n" in s:
+        s = s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return s
+
+
+def _bound(b: float) -> str:
+    return "+Inf" if b == math.inf else repr(float(b))
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if v == int(v) and abs(v) < 2**53 else repr(v)
+
+
+REGISTRY = Registry()
+
+# ------------------------------------------------------------------------------ the names
+BUILD_INFO = REGISTRY.gauge("apigate_build_info", "apigate build information.", ("version",))
+BUILD_INFO.set((__version__,), 1)
+ACTIVE_CONNECTIONS = REGISTRY.gauge("active_connections", "Open client connections on the proxy listener.")
+IN_FLIGHT_REQUESTS = REGISTRY.gauge("in_flight_requests", "Requests being handled right now.")
+
+HTTP_REQUESTS = REGISTRY.counter(
+    "http_requests_total",
+    "Requests answered, by method, route id ('unmatched' when none) and status code.",
+    ("method", "route", "status"),
+)
+HTTP_REQUEST_DURATION = REGISTRY.histogram(
+    "http_request_duration_seconds",
+    "Time from the request head to the end of the response, by method and route id.",
+    ("method", "route"),
+    REQUEST_BUCKETS,
+)
+UPSTREAM_REQUEST_DURATION = REGISTRY.histogram(
+    "upstream_request_duration_seconds",
+    "Time until the upstream's response headers, by upstream id.",
+    ("service",),
+    UPSTREAM_BUCKETS,
+)
+UPSTREAM_FAILURES = REGISTRY.counter(
+    "upstream_failures_total",
+    "Upstream calls that failed: connect, timeout, reset, bad_response, or a 5xx answer.",
+    ("service", "reason"),
+)
+AUTH_FAILURES = REGISTRY.counter(
+    "auth_failures_total", "Requests refused by authentication, by reason.", ("reason",)
+)
+
+# Rate limiting (issue 4): the ratelimit package increments these.
+RATE_LIMITED_REQUESTS = REGISTRY.counter(
+    "rate_limited_requests_total", "Requests refused with 429, by route and key type.", ("route", "key_type")
+)
+RATE_LIMIT_BACKEND_ERRORS = REGISTRY.counter(
+    "rate_limit_backend_errors_total", "Rate-limit store calls that failed, by reason.", ("reason",)
+)
+RATE_LIMIT_BACKEND_LATENCY = REGISTRY.histogram(
+    "rate_limit_backend_latency_seconds", "Round-trip time of rate-limit store calls.", (), BACKEND_BUCKETS
+)
+
+# Log pipeline (issue 6): the logs package increments and sets these.
+LOG_EVENTS = REGISTRY.counter("log_events_total", "Log events delivered, by sink.", ("sink",))
+LOG_EVENTS_DROPPED = REGISTRY.counter(
+    "log_events_dropped_total", "Log events dropped, by sink and reason.", ("sink", "reason")
+)
+LOG_SINK_ERRORS = REGISTRY.counter("log_sink_errors_total", "Failed deliveries to a sink.", ("sink",))
+LOG_SINK_QUEUE_DEPTH = REGISTRY.gauge("log_sink_queue_depth", "Events waiting in a sink's queue.", ("sink",))
+LOG_SPOOL_BYTES = REGISTRY.gauge("log_spool_bytes", "Bytes held in a sink's disk spool.", ("sink",))
+
+
+# ------------------------------------------------------------------------------ workers > 1
+SNAPSHOT_INTERVAL_S = 1.0
+
+
+class MultiProcess:
+    """Sums the registries of `server.workers` processes for one scrape.
+
+    Each worker writes `<dir>/<pid>.json` (write then rename: readers never see half a
+    file) every SNAPSHOT_INTERVAL_S and when it stops. A scrape reaches one worker
+    (SO_REUSEPORT); it renders its own live registry plus every other file. So a
+    scrape is exact for the worker that answers and at most SNAPSHOT_INTERVAL_S behind
+    for the others, which is far below any scrape interval. The parent creates the
+    directory before forking and removes it when the last worker has exited.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path_for(self, pid: int) -> Path:
+        return self.directory / f"{pid}.json"
+
+    def write(self, registry: Registry) -> None:
+        pid = os.getpid()
+        tmp = self.directory / f".{pid}.tmp"
+        tmp.write_bytes(orjson.dumps(registry.snapshot()))
+        os.replace(tmp, self.path_for(pid))
+
+    def others(self) -> list[tuple[dict[str, list[list[object]]], bool]]:
+        me = os.getpid()
+        out: list[tuple[dict[str, list[list[object]]], bool]] = []
+        for path in self.directory.glob("*.json"):
+            pid = int(path.stem)
+            if pid == me:
+                continue
+            try:
+                snap = orjson.loads(path.read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                continue
+            out.append((snap, _alive(pid)))
+        return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+MULTIPROCESS: MultiProcess | None = None
+
+
+def enable_multiprocess(directory: Path | None) -> None:
+    """Called by the parent before forking workers (None turns it off again)."""
+    global MULTIPROCESS
+    MULTIPROCESS = None if directory is None else MultiProcess(directory)
+
+
+@contextlib.contextmanager
+def multiprocess_dir() -> Iterator[Path]:
+    """A fresh per-run snapshot directory for the workers forked inside the block."""
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="apigate-metrics-"))
+    enable_multiprocess(directory)
+    try:
+        yield directory
+    finally:
+        enable_multiprocess(None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def render() -> bytes:
+    """One scrape: this process, plus the other workers when there are several."""
+    mp = MULTIPROCESS
+    if mp is None:
+        return REGISTRY.render()
+    with contextlib.suppress(OSError):
+        mp.write(REGISTRY)  # keep our own file fresh too (another worker may answer next)
+    return REGISTRY.render(mp.others())

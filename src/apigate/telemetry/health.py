@@ -1,0 +1,212 @@
+"""Liveness and readiness, answered from cached dependency checks.
+
+`/health/live` says the process serves; `/health/ready` says this instance should get
+traffic: not draining, and every enabled check passing (Redis answers PING within the
+rate-limit timeout; each upstream answers its `health_path`, or accepts a TCP connection).
+
+Checks run in a background task every CHECK_INTERVAL_S, never because a probe arrived:
+probes are answered from the last results, so any number of probes (two ports, several
+kubelets, a load balancer) costs the dependencies one check per interval per worker.
+Until the first round has finished, readiness says 503 "starting".
+
+Other packages add their own checks with `Health.register(name, check)`; a check is an
+async callable returning (ok, detail) and is bounded by CHECK_TIMEOUT_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import urlsplit
+
+import orjson
+
+if TYPE_CHECKING:
+    from apigate.config.schema import Config, UpstreamConfig
+    from apigate.http.server import ServerState
+
+HEALTH_LIVE = "/health/live"
+HEALTH_READY = "/health/ready"
+CHECK_INTERVAL_S = 1.0  # results are at most this old (plus one check's duration)
+CHECK_TIMEOUT_S = 2.0  # a check that has not answered by then has failed
+
+Check: TypeAlias = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+class Health:
+    """What /health/live and /health/ready answer, on the main port and the metrics port."""
+
+    def __init__(self, state: ServerState, liveness: bool, readiness: bool) -> None:
+        self.state = state
+        self.liveness = liveness
+        self.readiness = readiness
+        self.checks: dict[str, Check] = {}
+        self.timeouts: dict[str, float] = {}
+        self.results: dict[str, tuple[bool, str]] | None = None
+        self.cleanups: list[Callable[[], Awaitable[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def register(self, name: str, check: Check, timeout: float = CHECK_TIMEOUT_S) -> None:
+        self.checks[name] = check
+        self.timeouts[name] = timeout
+        self.results = None
+
+    def answer(self, path: str) -> tuple[int, bytes] | None:
+        """(status, JSON body) for a health path, or None if it is not one (or is off)."""
+        if path == HEALTH_LIVE and self.liveness:
+            return 200, b'{"status":"ok"}'
+        if path == HEALTH_READY and self.readiness:
+            return self._ready()
+        return None
+
+    def _ready(self) -> tuple[int, bytes]:
+        if self.state.draining:
+            return 503, orjson.dumps({"status": "draining", "checks": self._checks_json()})
+        if not self.checks:
+            return 200, b'{"status":"ready"}'
+        if self.results is None:
+            return 503, orjson.dumps({"status": "starting", "checks": self._checks_json()})
+        ok = all(r[0] for r in self.results.values())
+        body = {"status": "ready" if ok else "not_ready", "checks": self._checks_json()}
+        return (200 if ok else 503), orjson.dumps(body)
+
+    def _checks_json(self) -> dict[str, Any]:
+        if self.results is None:
+            return {name: {"ok": False, "detail": "not checked yet"} for name in self.checks}
+        return {name: {"ok": ok, "detail": detail} for name, (ok, detail) in self.results.items()}
+
+    # ------------------------------------------------------------------ the background loop
+    async def run_checks(self) -> dict[str, tuple[bool, str]]:
+        """Run every check once, concurrently; store and return the results."""
+        names = list(self.checks)
+        outcomes = await asyncio.gather(*(self._one(n) for n in names))
+        self.results = dict(zip(names, outcomes, strict=True))
+        return self.results
+
+    async def _one(self, name: str) -> tuple[bool, str]:
+        try:
+            return await asyncio.wait_for(self.checks[name](), self.timeouts[name])
+        except TimeoutError:
+            return False, f"no answer within {self.timeouts[name]:g}s"
+        except Exception as e:
+            return False, f"{type(e).__name__}: {e}"
+
+    def start(self) -> None:
+        if self.readiness and self.checks and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await self.run_checks()
+            await asyncio.sleep(CHECK_INTERVAL_S)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for cleanup in self.cleanups:
+            with contextlib.suppress(Exception):
+                await cleanup()
+
+
+# ---------------------------------------------------------------------------- built-in checks
+def redis_url_of(cfg: Config) -> str | None:
+    """The Redis readiness pings: the rate-limit store, else the session store."""
+    url = cfg.rate_limiting.redis_url if cfg.rate_limiting is not None else None
+    if url is None and cfg.auth is not None:
+        url = cfg.auth.session_store.redis_url
+    return url
+
+
+def add_configured_checks(health: Health, cfg: Config) -> None:
+    """Register the checks `observability.health_checks` turns on."""
+    hc = cfg.observability.health_checks
+    if not hc.readiness_enabled:
+        return
+    if hc.check_redis:
+        url = redis_url_of(cfg)
+        if url is None:
+
+            async def no_redis() -> tuple[bool, str]:
+                return True, "skipped: no redis_url configured (limits and sessions are in memory)"
+
+            health.register("redis", no_redis)
+        else:
+            timeout_s = (cfg.rate_limiting.timeout_ms if cfg.rate_limiting is not None else 100) / 1000
+            check, close = redis_check(url, timeout_s)
+            health.register("redis", check, timeout=max(timeout_s, 0.05))
+            health.cleanups.append(close)
+    if hc.check_upstreams:
+        for up in cfg.upstreams:
+            health.register(
+                f"upstream:{up.id}", upstream_check(up), timeout=min(up.connect_timeout_secs, 2.0)
+            )
+
+
+def redis_check(url: str, timeout_s: float) -> tuple[Check, Callable[[], Awaitable[None]]]:
+    """PING on a small client of our own (one connection), bounded by the limit timeout."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(
+        url, socket_timeout=max(timeout_s, 0.05), socket_connect_timeout=max(timeout_s, 0.05)
+    )
+    client.connection_pool.max_connections = 1
+
+    async def check() -> tuple[bool, str]:
+        try:
+            await client.ping()
+        except Exception:
+            # A broken connection is dropped, so the next round reconnects from scratch.
+            await client.connection_pool.disconnect()
+            raise
+        return True, "PONG"
+
+    async def close() -> None:
+        await client.aclose()
+
+    return check, close
+
+
+def upstream_check(up: UpstreamConfig) -> Check:
+    """GET health_path (2xx or 3xx is healthy), or else a TCP (and TLS) connect."""
+    parts = urlsplit(up.base_url)
+    tls = parts.scheme == "https"
+    host = parts.hostname or "localhost"
+    port = parts.port or (443 if tls else 80)
+    sslctx: ssl.SSLContext | None = None
+    if tls:
+        sslctx = ssl.create_default_context(cafile=up.ca_path)
+        if not up.verify_tls:
+            sslctx.check_hostname = False
+            sslctx.verify_mode = ssl.CERT_NONE
+    path = up.health_path
+    host_header = host if parts.port is None else f"{host}:{port}"
+
+    async def check() -> tuple[bool, str]:
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=sslctx, server_hostname=host if sslctx else None
+        )
+        try:
+            if path is None:
+                return True, "connected"
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nhost: {host_header}\r\nuser-agent: apigate-health\r\n"
+                "connection: close\r\n\r\n".encode("latin-1")
+            )
+            line = await reader.readline()
+            fields = line.split(None, 2)
+            if len(fields) < 2 or not fields[0].startswith(b"HTTP/") or not fields[1].isdigit():
+                return False, f"GET {path}: not an HTTP response"
+            status = int(fields[1])
+            return 200 <= status < 400, f"GET {path}: {status}"
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    return check
