@@ -32,9 +32,9 @@ Counters for metrics (exported by the telemetry package, which owns prometheus n
 - `backend_errors[reason]` -> rate_limit_backend_errors_total{reason}; reasons are
   `timeout`, `connection`, `script` (an error reply), `circuit_open` (checks answered
   without Redis because the breaker was open; counted by the filter).
-- `latency_sum`, `latency_count`, `latency_buckets` (cumulative counts per upper bound in
-  `LATENCY_BUCKETS_S`) -> rate_limit_backend_latency_seconds, one observation per round
-  trip (flush to last reply).
+- `latency_sum`, `latency_count`, `latency_buckets` (observations per bucket, upper
+  bounds in `LATENCY_BUCKETS_S`, not cumulative; slower ones only in latency_count) ->
+  rate_limit_backend_latency_seconds, one observation per round trip (flush to last reply).
 - `round_trips`, `checks_sent`: checks per round trip = checks_sent / round_trips.
 """
 
