@@ -213,6 +213,28 @@ class Exchange:
         self.cycle.flow = None
         self.on_done(self)
 
+    def cancel(self) -> None:
+        """The listener gave up (deadline passed, client gone): drop the upstream connection
+        and end the request through `on_done` all the same, so that on_complete still runs."""
+        self.conn.abort()  # no more callbacks from it
+        self.cycle.flow = None
+        self.error = _CANCELLED
+        self.on_done(self)
+
+
+class Cancelled(UpstreamError):
+    """The listener ended the request itself (it answered 408/504, or the client left)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The listener's deadline passed while the upstream had not answered (it sent 504)."""
+
+    reason = "timeout"
+    code = "upstream_timeout"
+
+
+_CANCELLED = Cancelled("cancelled by the listener")
+
 
 Finished = Callable[["RequestContext", "UpstreamError | None"], None]
 
@@ -250,7 +272,7 @@ class Proxy:
             conn = pool.acquire_idle()
             if conn is not None:
                 exchange = Exchange(ctx, chain, conn, head, timeout, self._fast_done)
-                cycle.on_cancel = conn.abort
+                cycle.on_cancel = exchange.cancel
                 # send_head(), inlined for the fast path.
                 cycle.upstream_deadline = deadline = ctx.start + timeout
                 proto = cycle.proto
@@ -270,7 +292,7 @@ class Proxy:
         retried: bool,
     ) -> None:
         task = self.loop.create_task(self._forward(ctx, chain, pool, head, timeout, retried))
-        ctx.cycle.on_cancel = partial(_cancel, task)
+        ctx.cycle.on_cancel = partial(self._cancel_task, ctx, task)
 
     def _fast_done(self, exchange: Exchange) -> None:
         ctx = exchange.ctx
@@ -285,10 +307,28 @@ class Proxy:
             if chain.complete:
                 chain.run_complete(ctx)
             ctx.cycle.complete()
+        elif error is _CANCELLED:
+            self._cancelled(ctx)
         elif ctx.method in IDEMPOTENT and _retryable(exchange, True):
             self._spawn(ctx, exchange.chain, conn.pool, exchange.head, exchange.timeout, retried=True)
         else:
             self.finished(ctx, error)
+
+    def _cancel_task(self, ctx: RequestContext, task: asyncio.Task[None]) -> None:
+        task.cancel()  # its `finally` releases the upstream connection
+        self._cancelled(ctx)
+
+    def _cancelled(self, ctx: RequestContext) -> None:
+        """End a request the listener gave up on. Without this, requests it answered 408 or
+        504 itself, and those whose client left, never reached on_complete: no access
+        event, no metrics."""
+        cycle = ctx.cycle
+        error: UpstreamError | None = None
+        if cycle.timed_out:
+            ctx.error = "upstream_timeout" if cycle.request_complete else "request_timeout"
+            if cycle.request_complete:
+                error = UpstreamTimeout("the upstream did not answer in time")
+        self.finished(ctx, error)
 
     async def _forward(
         self,
@@ -391,10 +431,6 @@ class Proxy:
                 raise error
             finally:
                 pool.release(conn, ok)
-
-
-def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
 
 
 def _frame(chunk: bytes, chunked: bool) -> bytes:
