@@ -7,7 +7,7 @@ Kong's log phase, per sink: the request path only appends to a bounded in-memory
 - `send()` raises `SinkUnavailable` when the whole batch can be retried later (network
   down, 429, 5xx): the sink is marked down, the batch and the queue move to the disk
   spool, and delivery is retried with capped exponential backoff (0.5 s doubling to
-  30 s, with jitter).
+  15 s, with jitter).
 - `send()` returns the records that failed on their own and may succeed later (per-item
   429s of a `_bulk`); they are retried after a backoff, ahead of newer events.
 - Records refused for good are counted as dropped (`rejected`) inside `send()`.
@@ -34,7 +34,7 @@ from apigate.logs.spool import Spool
 
 QUEUE_MAX_EVENTS = 20_000
 BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
+BACKOFF_MAX_S = 15.0
 SPILL_EVERY_S = 0.25  # while down, how often the queue is moved to the spool
 
 
@@ -235,13 +235,15 @@ class Sink:
             if from_spool and spool is not None:
                 spool.commit()
             self._set_down(False)
+            self._backoff = BACKOFF_FIRST_S
             if again:
+                # Some items failed on their own (per-item 429): the backend answers, so
+                # retry them after the first backoff step, ahead of newer events.
                 self.stats.errors += 1
                 self.retry = list(again) + self.retry
                 if self._stopping:
                     return
                 await self._backoff_sleep()
-            else:
                 self._backoff = BACKOFF_FIRST_S
 
     def delivered(self, records: Iterable[Record] | int) -> None:
