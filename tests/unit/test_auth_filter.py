@@ -267,11 +267,8 @@ def test_redis_unreachable_is_503() -> None:
 def test_build_filters_adds_auth_only_with_an_auth_section() -> None:
     cfg = config()
     # (The access-log filter of logs/ is there too whenever a sink takes events.)
-    assert [type(f) for f in build_filters(cfg) if f.name not in ("access_log", "metrics")] == [AuthFilter]
-    assert [
-        f
-        for f in build_filters(cfg.model_copy(update={"auth": None}))
-        if f.name not in ("access_log", "metrics")
-    ] == []
+    others = ("access_log", "metrics", "health")  # logs/ and telemetry/ filters
+    assert [type(f) for f in build_filters(cfg) if f.name not in others] == [AuthFilter]
+    assert [f for f in build_filters(cfg.model_copy(update={"auth": None})) if f.name not in others] == []
     f = AuthFilter(cfg)
     assert f.priority == 1250 and f.applies_to(None) is False

@@ -204,3 +204,48 @@ def test_docs_list_every_metric_with_its_labels() -> None:
         documented[m.group(1)] = labels
     exported = {name: fam.labelnames for name, fam in metrics.REGISTRY.families.items()}
     assert documented == exported
+
+
+def test_build_info_is_not_summed_over_workers() -> None:
+    reg = metrics.Registry()
+    g = reg.gauge("info", "I.", ("version",))
+    g.set(("1",), 1)
+    g.merge_max = True
+    snap = reg.snapshot()
+    assert 'info{version="1"} 1' in lines(reg.render([(snap, True), (snap, True)]))
+
+
+def test_collectors_export_rate_limit_and_log_counters() -> None:
+    from apigate.telemetry.runtime import Telemetry
+
+    store = SimpleNamespace(
+        backend_errors={"timeout": 2, "connection": 0},
+        latency_buckets=[1] + [0] * (len(metrics.BACKEND_BUCKETS) - 1),
+        latency_count=3,
+        latency_sum=0.7,
+    )
+    rl = SimpleNamespace(name="ratelimit", limited={("users", "ip"): 4}, store=store)
+
+    class Logs:
+        def samples(self) -> Any:
+            yield "log_events_total", {"sink": "stdout"}, 12.0
+            yield "log_events_dropped_total", {"sink": "es", "reason": "queue_full"}, 3.0
+            yield "log_spool_bytes", {"sink": "es"}, 2048.0
+
+    t = Telemetry.__new__(Telemetry)
+    t.filters = [rl]  # type: ignore[list-item]
+    t.logs = Logs
+    t._collect_ratelimit()
+    t._collect_logs()
+    assert metrics.RATE_LIMITED_REQUESTS.value(("users", "ip")) == 4
+    assert metrics.RATE_LIMIT_BACKEND_ERRORS.value(("timeout",)) == 2
+    assert metrics.RATE_LIMIT_BACKEND_LATENCY.count(()) == 3  # two above the last bound: +Inf
+    assert metrics.LOG_EVENTS.value(("stdout",)) == 12
+    assert metrics.LOG_EVENTS_DROPPED.value(("es", "queue_full")) == 3
+    assert metrics.LOG_SPOOL_BYTES.value(("es",)) == 2048
+
+
+def test_rate_limit_latency_buckets_match_the_store() -> None:
+    from apigate.ratelimit.redis import LATENCY_BUCKETS_S
+
+    assert metrics.RATE_LIMIT_BACKEND_LATENCY.buckets == LATENCY_BUCKETS_S

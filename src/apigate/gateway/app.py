@@ -75,7 +75,7 @@ class App:
         )
         hc = cfg.observability.health_checks
         self.health = Health(self.state, hc.liveness_enabled, hc.readiness_enabled)
-        self.telemetry = Telemetry(cfg, self.state, self.health, chain_filters)
+        self.telemetry = Telemetry(cfg, self.state, self.health, chain_filters, lambda: self.logs)
         self.servers: list[asyncio.Server] = []
         self.admin_server: asyncio.Server | None = None
         self.logs: Pipeline | None = None  # built in start(): it needs the worker's loop

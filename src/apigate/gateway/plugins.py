@@ -27,9 +27,11 @@ def build_filters(cfg: Config) -> list[Filter]:
     # auth/ (priority 1250), ratelimit/ (910), telemetry/ metrics and logs/ access events
     # (on_complete only) register here as they are configured.
     obs = cfg.observability
-    if obs.metrics_enabled:
-        from apigate.telemetry.filter import MetricsFilter
+    from apigate.telemetry.filter import HealthFilter, MetricsFilter
 
+    if obs.health_checks.liveness_enabled or obs.health_checks.readiness_enabled:
+        filters.append(HealthFilter())  # joins only routes whose pattern covers /health/*
+    if obs.metrics_enabled:
         filters.append(MetricsFilter())
     if obs.tracing.enabled:
         from apigate.telemetry.tracing import Tracing, TracingFilter  # OpenTelemetry loads only when on

@@ -13,8 +13,14 @@ from bisect import bisect_left
 from collections.abc import Callable
 
 from apigate.gateway.context import RequestContext
-from apigate.gateway.filters import Filter
+from apigate.gateway.filters import Filter, RequestOutcome, Response
+from apigate.gateway.router import Route
+from apigate.http.headers import Headers
 from apigate.telemetry import metrics
+from apigate.telemetry.health import HEALTH_LIVE, HEALTH_READY, Health
+
+HEALTH_PATHS = frozenset({HEALTH_LIVE, HEALTH_READY})
+HEALTH_HEADERS: Headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 UNMATCHED = "unmatched"  # the route label of requests that matched no route (bounded cardinality)
 
@@ -73,3 +79,35 @@ class MetricsFilter(Filter):
         fkey = (service, reason)
         failures = self.upstream_failures
         failures[fkey] = failures.get(fkey, 0.0) + 1.0
+
+
+class HealthFilter(Filter):
+    """/health/live and /health/ready on the main port even when a route's pattern covers them.
+
+    A path no route matches reaches the health endpoints through the gateway's local
+    reply; this filter is for routes like `/*` that would otherwise proxy (and
+    authenticate, rate-limit) a probe. It joins only the chains of routes that can match
+    a health path, ahead of every other filter, so other routes pay nothing.
+    """
+
+    name = "health"
+    priority = 1_000_000  # before correlation, auth and rate limits
+
+    def __init__(self) -> None:
+        self.health: Health | None = None  # bound by Telemetry once the App has built it
+
+    def applies_to(self, route: Route | None) -> bool:
+        if route is None:
+            return False
+        if route.pattern is None:
+            return route.prefix in HEALTH_PATHS
+        return any(route.pattern.match(p) for p in HEALTH_PATHS)
+
+    def on_request(self, ctx: RequestContext) -> RequestOutcome:
+        health = self.health
+        if health is None or ctx.path not in HEALTH_PATHS:
+            return None
+        answer = health.answer(ctx.path)
+        if answer is None:
+            return None  # that endpoint is disabled: the route has it
+        return Response(answer[0], list(HEALTH_HEADERS), answer[1])

@@ -58,6 +58,7 @@ class Metric:
         self.help = help_text
         self.labelnames = labelnames
         self.series: dict[LabelValues, float] = {}
+        self.merge_max = False  # across workers: sum (the default), or max (apigate_build_info)
 
     def inc(self, labels: LabelValues = (), amount: float = 1.0) -> None:
         s = self.series
@@ -175,9 +176,14 @@ class Registry:
                             buckets = [a + b for a, b in zip(have, buckets, strict=True)]
                         into[labels] = buckets
                     else:
-                        into[labels] = float(cast(float, value)) + (
-                            float(have) if isinstance(have, (int, float)) else 0.0
-                        )
+                        mine = float(cast(float, value))
+                        prev = float(have) if isinstance(have, (int, float)) else None
+                        if prev is None:
+                            into[labels] = mine
+                        else:
+                            into[labels] = (
+                                max(prev, mine) if getattr(fam, "merge_max", False) else prev + mine
+                            )
         out: list[str] = []
         for name, fam in self.families.items():
             out.append(f"# HELP {name} {fam.help}")
@@ -222,6 +228,7 @@ REGISTRY = Registry()
 # ------------------------------------------------------------------------------ the names
 BUILD_INFO = REGISTRY.gauge("apigate_build_info", "apigate build information.", ("version",))
 BUILD_INFO.set((__version__,), 1)
+BUILD_INFO.merge_max = True  # 1 per process, and 1 for the instance
 ACTIVE_CONNECTIONS = REGISTRY.gauge("active_connections", "Open client connections on the proxy listener.")
 IN_FLIGHT_REQUESTS = REGISTRY.gauge("in_flight_requests", "Requests being handled right now.")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from apigate.logs import events
 from apigate.telemetry import metrics
@@ -24,13 +24,30 @@ if TYPE_CHECKING:
     from apigate.telemetry.tracing import Tracing
 
 
+class LogSamples(Protocol):
+    """What the log pipeline offers (logs/pipeline.py `Pipeline.samples`)."""
+
+    def samples(self) -> Iterator[tuple[str, dict[str, str], float]]: ...
+
+
 class Telemetry:
-    def __init__(self, cfg: Config, state: ServerState, health: Health, filters: Sequence[Filter]) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        state: ServerState,
+        health: Health,
+        filters: Sequence[Filter],
+        logs: Callable[[], LogSamples | None] = lambda: None,
+    ) -> None:
         self.cfg = cfg
+        self.logs = logs
         self.state = state
         self.health = health
         self.filters = filters
         add_configured_checks(health, cfg)
+        for f in filters:
+            if f.name == "health":
+                f.health = health  # type: ignore[attr-defined]  # HealthFilter (telemetry/filter.py)
         self.tracing: Tracing | None = next(
             (t for f in filters if (t := getattr(f, "tracing", None)) is not None), None
         )
@@ -50,10 +67,46 @@ class Telemetry:
                 for reason, n in failures.items():
                     series[(reason,)] = float(n)
 
+    def _collect_ratelimit(self) -> None:
+        """rate_limited_requests_total and the store's errors and latency (ratelimit/)."""
+        for f in self.filters:
+            if f.name != "ratelimit":
+                continue
+            limited: dict[tuple[str, str], int] = getattr(f, "limited", {})
+            series = metrics.RATE_LIMITED_REQUESTS.series
+            for key, n in limited.items():
+                series[key] = float(n)
+            store: Any = getattr(f, "store", None)
+            errors: dict[str, int] | None = getattr(store, "backend_errors", None)
+            if errors is None:
+                continue
+            for reason, n in errors.items():
+                metrics.RATE_LIMIT_BACKEND_ERRORS.series[(reason,)] = float(n)
+            buckets: list[int] = list(store.latency_buckets)
+            if len(buckets) == len(metrics.RATE_LIMIT_BACKEND_LATENCY.buckets):
+                over = float(store.latency_count - sum(buckets))  # above the last bound: +Inf only
+                metrics.RATE_LIMIT_BACKEND_LATENCY.series[()] = [
+                    *map(float, buckets),
+                    over,
+                    float(store.latency_sum),
+                ]
+
+    def _collect_logs(self) -> None:
+        pipeline = self.logs()
+        if pipeline is None:
+            return
+        families = metrics.REGISTRY.families
+        for name, labels, value in pipeline.samples():
+            fam = families.get(name)
+            if isinstance(fam, metrics.Metric):
+                fam.series[tuple(labels[n] for n in fam.labelnames)] = value
+
     async def start(self) -> None:
         reg = metrics.REGISTRY
         reg.add_collector("server", self._collect_server)
         reg.add_collector("auth", self._collect_auth)
+        reg.add_collector("ratelimit", self._collect_ratelimit)
+        reg.add_collector("logs", self._collect_logs)
         self.health.start()
         if metrics.MULTIPROCESS is not None and self.cfg.observability.metrics_enabled:
             self._snapshots = asyncio.get_running_loop().create_task(self._write_snapshots())
@@ -92,5 +145,5 @@ class Telemetry:
         await self.health.stop()
         if self.tracing is not None:
             await self.tracing.shutdown()
-        metrics.REGISTRY.remove_collector("server")
-        metrics.REGISTRY.remove_collector("auth")
+        for key in ("server", "auth", "ratelimit", "logs"):
+            metrics.REGISTRY.remove_collector(key)
