@@ -28,11 +28,13 @@ class MemorySink(Sink):
         super().__init__("memory", min_level, batch_size=10, flush_interval=0.01)
         self.up = True
         self.got: list[str] = []
+        self.records: list[Record] = []
 
     async def send(self, batch: list[Record]) -> list[Record]:
         if not self.up:
             raise SinkUnavailable("down")
         self.got.extend(r.eid for r in batch)
+        self.records.extend(batch)
         self.delivered(len(batch))
         return []
 
@@ -57,8 +59,9 @@ def test_events_are_redacted_encoded_and_levelled() -> None:
         await asyncio.sleep(0.1)
         await p.close(1)
         assert len(info.got) == 2 and len(error.got) == 1
-        ev = orjson.loads(Record.from_spool_line(Record(info.got[0], 0, 20, b"{}").spool_line()).json)
-        assert ev == {}
+        first = orjson.loads(info.records[0].json)
+        assert first["path"] == "/a?token=[REDACTED]" and first["event_id"] == info.got[0]
+        assert orjson.loads(error.records[0].json)["event_type"] == "sink_down"
 
     asyncio.run(scenario())
 
@@ -218,3 +221,14 @@ def test_text_format(fmt: str) -> None:
     assert (r.text is not None) == (fmt == "text")
     if r.text:
         assert b"INFO server Listener started" in r.text and b"address=a:1" in r.text
+
+
+def test_unstructured_events_fold_fields_into_the_message() -> None:
+    p = Pipeline(structured=False)
+    r = p.process(
+        p.event("INFO", "gateway", "request_completed", "Request completed", status=200, password="x")
+    )
+    assert r is not None
+    ev = orjson.loads(r.json)
+    assert set(ev) == {"timestamp", "level", "service", "component", "event_type", "message", "event_id"}
+    assert ev["message"] == "Request completed status=200 password=[REDACTED]"

@@ -59,6 +59,28 @@ def text_line(event: dict[str, Any]) -> bytes:
     )
 
 
+BASE_FIELDS = (
+    "timestamp",
+    "level",
+    "service",
+    "component",
+    "event_type",
+    "correlation_id",
+    "message",
+    "event_id",
+)
+
+
+def flatten(event: dict[str, Any]) -> dict[str, Any]:
+    """`structured: false`: only the base fields; the others are appended to the message as
+    key=value, for backends that index a message rather than fields."""
+    out = {k: event[k] for k in BASE_FIELDS if k in event}
+    extra = " ".join(f"{k}={v}" for k, v in event.items() if k not in out and v is not None)
+    if extra:
+        out["message"] = f"{out.get('message', '')} {extra}".strip()
+    return out
+
+
 class Pipeline:
     def __init__(
         self,
@@ -67,11 +89,13 @@ class Pipeline:
         redaction: bool = True,
         text: bool = False,
         sinks: list[Sink] | None = None,
+        structured: bool = True,
     ) -> None:
         self.service = service
         self.min_level = LEVELS.get(level.upper(), 20)
         self.redaction = redaction
         self.text = text
+        self.structured = structured
         self.sinks: list[Sink] = sinks or []
         self.intake: collections.deque[dict[str, Any]] = collections.deque()
         self.intake_dropped = 0
@@ -87,7 +111,7 @@ class Pipeline:
         from apigate.logs import sinks as _  # noqa: F401  (package docstring)
 
         text = cfg.format == "text"
-        p = cls(cfg.service, cfg.level, cfg.redaction_enabled, text)
+        p = cls(cfg.service, cfg.level, cfg.redaction_enabled, text, structured=cfg.structured)
         used: dict[str, int] = {}
         for sc in cfg.sinks:
             if not sc.enabled:
@@ -167,6 +191,8 @@ class Pipeline:
         ev["event_id"] = eid
         if self.redaction:
             ev = redact(ev)
+        if not self.structured:
+            ev = flatten(ev)
         try:
             data = orjson.dumps(ev, default=str)
         except TypeError:

@@ -8,8 +8,8 @@ dropped (`rejected`); ThrottlingException, ServiceUnavailable and network errors
 retried with backoff; a stream deleted meanwhile is created again.
 
 botocore is synchronous, so each call runs in a worker thread; nothing waits on the loop.
-`{instance_id}` in the stream name is the EC2 instance id when the metadata service
-answers quickly, else the host name.
+`{instance_id}` in the stream name is `APIGATE_INSTANCE_ID` when set (e.g. from the EC2
+metadata or the pod name in the manifest), else the host name: no metadata call at start.
 """
 
 from __future__ import annotations
