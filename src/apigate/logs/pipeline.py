@@ -185,7 +185,7 @@ class Pipeline:
             ts = time.time()
         self._seq += 1
         eid = f"{self._id_prefix}-{self._seq:x}"
-        ev = dict(event)
+        ev = event  # the pipeline owns submitted events: no copy
         ev["timestamp"] = rfc3339(ts)
         ev.setdefault("service", self.service)
         ev["event_id"] = eid
