@@ -34,8 +34,12 @@ from auth_helpers import (
 from apigate.auth import reasons
 from apigate.auth.jwt import MAX_TOKEN_BYTES, JwtVerifier, mint
 
-NOW = int(time.time())
 LEEWAY = 30
+
+
+def now() -> int:
+    """Read when the case runs, not at import: a full suite runs minutes after collection."""
+    return int(time.time())
 
 
 def rs_config(tmp_path: Path, alg: str = "RS256", key: Any = None) -> Harness:
@@ -45,12 +49,12 @@ def rs_config(tmp_path: Path, alg: str = "RS256", key: Any = None) -> Harness:
 
 HS_CASES: list[tuple[str, Any, str | None]] = [
     ("valid", lambda: hs256(), None),
-    ("expired just inside the leeway", lambda: hs256(claims(exp=NOW - LEEWAY + 5)), None),
-    ("expired just outside the leeway", lambda: hs256(claims(exp=NOW - LEEWAY - 5)), reasons.EXPIRED),
-    ("expired long ago", lambda: hs256(claims(exp=NOW - 86400)), reasons.EXPIRED),
-    ("nbf just inside the leeway", lambda: hs256(claims(nbf=NOW + LEEWAY - 5)), None),
-    ("nbf just outside the leeway", lambda: hs256(claims(nbf=NOW + LEEWAY + 5)), reasons.NOT_YET_VALID),
-    ("iat in the future", lambda: hs256(claims(iat=NOW + LEEWAY + 60)), reasons.NOT_YET_VALID),
+    ("expired just inside the leeway", lambda: hs256(claims(exp=now() - LEEWAY + 5)), None),
+    ("expired just outside the leeway", lambda: hs256(claims(exp=now() - LEEWAY - 5)), reasons.EXPIRED),
+    ("expired long ago", lambda: hs256(claims(exp=now() - 86400)), reasons.EXPIRED),
+    ("nbf just inside the leeway", lambda: hs256(claims(nbf=now() + LEEWAY - 5)), None),
+    ("nbf just outside the leeway", lambda: hs256(claims(nbf=now() + LEEWAY + 5)), reasons.NOT_YET_VALID),
+    ("iat in the future", lambda: hs256(claims(iat=now() + LEEWAY + 60)), reasons.NOT_YET_VALID),
     ("no exp", lambda: hs256(claims(exp=None)), reasons.MALFORMED),
     ("exp not a number", lambda: hs256(claims(exp="tomorrow")), reasons.MALFORMED),
     ("wrong issuer", lambda: hs256(claims(iss="https://evil.test")), reasons.BAD_ISSUER),
@@ -196,7 +200,7 @@ def test_without_issuer_and_audience_configured() -> None:
 
 def test_leeway_zero() -> None:
     h = Harness(config({"leeway_secs": 0, "cache": {"enabled": False}}))
-    assert h.request(hs256(claims(exp=NOW - 5))).reason == reasons.EXPIRED
+    assert h.request(hs256(claims(exp=now() - 5))).reason == reasons.EXPIRED
     assert h.request(hs256(claims(nbf=int(time.time()) + 5))).reason == reasons.NOT_YET_VALID
 
 
