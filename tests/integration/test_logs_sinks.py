@@ -248,3 +248,20 @@ def test_cloudwatch_creates_group_and_stream_and_puts(moto_url: str) -> None:
     assert "{" not in sink.stream and str(os.getpid()) in sink.stream
     got = cw_messages(moto_url, "/aws/api-gateway/test", sink.stream)
     assert sorted(str(e["event_id"]) for e in got) == sorted(f"id-{i}" for i in range(250))
+
+
+def test_cloudwatch_rejected_events_are_counted(moto_url: str) -> None:
+    cfg = CloudWatchConfig(
+        region="us-east-1",
+        log_group="/aws/api-gateway/rejects",
+        log_stream="gw",
+        flush_interval_secs=0.05,
+        endpoint_url=moto_url,
+    )
+    sink = CloudWatchSink("cloudwatch", 20, cfg)
+    now = time.time()
+    records = [rec(i, now - 20 * 86400) for i in range(3)] + [rec(i, now) for i in range(3, 10)]
+    asyncio.run(deliver(sink, records, until=30))
+    got = cw_messages(moto_url, "/aws/api-gateway/rejects", "gw")
+    assert sorted(str(e["event_id"]) for e in got) == sorted(f"id-{i}" for i in range(3, 10))
+    assert sink.stats.dropped[names.DROP_REJECTED] == 3 and sink.stats.events == 7

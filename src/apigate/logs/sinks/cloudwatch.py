@@ -3,8 +3,8 @@
 The group and the stream are created on first use (ResourceAlreadyExistsException is
 success). A batch is cut to PutLogEvents' limits: at most 10,000 events and 1,048,576
 bytes counting each message's UTF-8 size + 26, events in chronological order, and a span
-of at most 24 hours. `rejectedLogEventsInfo` (too old, too new, expired) is counted as
-dropped (`rejected`); ThrottlingException, ServiceUnavailable and network errors are
+of at most 24 hours. `rejectedLogEventsInfo` (too old, too new, expired) and InvalidParameterException are
+counted as dropped (`rejected`); ThrottlingException, ServiceUnavailable and network errors are
 retried with backoff; a stream deleted meanwhile is created again.
 
 botocore is synchronous, so each call runs in a worker thread; nothing waits on the loop.
@@ -125,6 +125,12 @@ class CloudWatchSink(Sink):
                 resp = self.client.put_log_events(**params)
             except ClientError as e:
                 code = e.response.get("Error", {}).get("Code")
+                if code == "DataAlreadyAcceptedException":
+                    continue  # a re-send of a batch CloudWatch already has: delivered
+                if code == "InvalidParameterException":
+                    # Refused for good (retrying would block the sink forever): dropped, counted.
+                    rejected += len(events)
+                    continue
                 if code == "ResourceNotFoundException":
                     self.ready = False
                 raise SinkUnavailable(f"PutLogEvents: {code}") from e
