@@ -29,6 +29,7 @@ from apigate.http.errors import HttpError
 from apigate.http.headers import (
     CONTENT_LENGTH,
     EXPECT,
+    HOST,
     TRANSFER_ENCODING,
     X_REQUEST_ID,
     Headers,
@@ -40,9 +41,9 @@ log = logging.getLogger("apigate.http")
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 UNCORK_JOIN_MAX = 256 * 1024  # corked writes up to this size are joined, larger ones vectored
-MAX_PIPELINED = 32
-_FRAMING_OR_ID = frozenset({CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, X_REQUEST_ID})
-INF = float("inf")  # queued requests per connection before reading pauses
+MAX_PIPELINED = 32  # queued requests per connection before reading pauses
+_NOTED = frozenset({CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, X_REQUEST_ID, HOST})
+INF = float("inf")
 
 
 class FlowTarget(Protocol):
@@ -385,9 +386,12 @@ class HttpServerProtocol(asyncio.Protocol):
         expect = False
         chunked = False
         request_id: bytes | None = None
+        hosts = 0
         for name, value in self.headers:
-            if name in _FRAMING_OR_ID:
-                if name == CONTENT_LENGTH:
+            if name in _NOTED:
+                if name == HOST:
+                    hosts += 1
+                elif name == CONTENT_LENGTH:
                     content_length = int(value)  # llhttp already rejected non-numeric values
                 elif name == X_REQUEST_ID:
                     request_id = value
@@ -397,6 +401,11 @@ class HttpServerProtocol(asyncio.Protocol):
                     expect = True
                 else:
                     chunked = True
+        http_version: str = parser.get_http_version()
+        if hosts > 1 or (hosts == 0 and http_version == "1.1"):
+            # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0; anything
+            # else is a 400, so the upstream never has to guess which authority was meant.
+            raise HttpError("bad_request")
         body: BodyReader | None = None
         if chunked or (content_length is not None and content_length > 0):
             max_body = self.limits.max_body_bytes
@@ -408,7 +417,7 @@ class HttpServerProtocol(asyncio.Protocol):
             method,
             self.url,
             self.headers,
-            parser.get_http_version(),
+            http_version,
             parser.should_keep_alive() and not self.state.draining,
             None if chunked else content_length,
             body,
