@@ -13,7 +13,7 @@ from auth_fixtures import RedisServer
 from harness import HOST, free_port, wait_until
 from ratelimit_fixtures import CASES, T0, Case, RedisCluster, redis_cluster, rl_redis
 
-from apigate.ratelimit.algorithms import Algorithm, Decision
+from apigate.ratelimit.algorithms import Algorithm
 from apigate.ratelimit.redis import SCRIPT_SHA, RedisStore, StoreUnavailable, call_args, packed_args
 
 __all__ = ["redis_cluster", "rl_redis"]  # fixtures
@@ -23,7 +23,7 @@ async def _replay(store: RedisStore, case: Case, key: bytes) -> None:
     for step in case.steps:
         args = packed_args(call_args(case.algorithm, case.limit, case.window_ms, now=T0 + step.at_ms))
         got = await store.check(key, args)
-        want = Decision(step.allowed, step.remaining, step.reset_ms, step.retry_ms)
+        want = (step.allowed, step.remaining, step.reset_ms, step.retry_ms)
         assert got == want, f"{case.name}: at +{step.at_ms} ms"
 
 
@@ -47,7 +47,7 @@ def test_redis_time_every_key_expires_and_one_round_trip_per_loop_turn(rl_redis:
             args = packed_args(call_args(alg, 5, 60_000))
             futures = [store.check(b"rl:time:%d" % alg, args) for _ in range(8)]
             results = await asyncio.gather(*futures)
-            assert [r.allowed for r in results] == [True] * 5 + [False] * 3
+            assert [r[0] for r in results] == [True] * 5 + [False] * 3
         # many keys in one turn: one round trip
         before = store.round_trips
         args = packed_args(call_args(Algorithm.TOKEN_BUCKET, 100, 60_000))
@@ -69,11 +69,11 @@ def test_noscript_is_reloaded(rl_redis: RedisServer) -> None:
     async def run() -> None:
         store = RedisStore(rl_redis.url, 2000)
         args = packed_args(call_args(Algorithm.FIXED_WINDOW, 3, 60_000))
-        assert (await store.check(b"rl:noscript", args)).allowed
+        assert (await store.check(b"rl:noscript", args))[0]
         client.script_flush()
         assert client.script_exists(SCRIPT_SHA) == [False]
         results = await asyncio.gather(*(store.check(b"rl:noscript", args) for _ in range(3)))
-        assert [r.allowed for r in results] == [True, True, False]
+        assert [r[0] for r in results] == [True, True, False]
         assert client.script_exists(SCRIPT_SHA) == [True]
         await store.close()
 
@@ -116,7 +116,7 @@ def test_breaker_opens_on_a_dead_redis_and_closes_within_2s_of_its_return(
     async def run() -> float:
         store = RedisStore(server.url, 50)
         args = packed_args(call_args(Algorithm.TOKEN_BUCKET, 1000, 60_000))
-        assert (await store.check(b"k", args)).allowed
+        assert (await store.check(b"k", args))[0]
         server.stop()
         for _ in range(5):
             if not store.available:
@@ -129,7 +129,7 @@ def test_breaker_opens_on_a_dead_redis_and_closes_within_2s_of_its_return(
         while not store.available and time.monotonic() - back < 5:
             await asyncio.sleep(0.01)
         took = time.monotonic() - back
-        assert (await store.check(b"k", args)).allowed
+        assert (await store.check(b"k", args))[0]
         await store.close()
         return took
 
@@ -151,7 +151,7 @@ def test_cluster_passes_the_shared_table_with_one_pipeline_per_node(redis_cluste
         args = packed_args(call_args(Algorithm.FIXED_WINDOW, 2, 60_000))
         results = await asyncio.gather(*(store.check(b"rl:c:%d" % (i % 50), args) for i in range(150)))
         assert store.round_trips == before + 1  # one batch (redis-py sends one pipeline per node)
-        assert sum(r.allowed for r in results) == 100
+        assert sum(r[0] for r in results) == 100
         await store.close()
 
     asyncio.run(run())
@@ -173,7 +173,7 @@ def test_cluster_noscript_is_reloaded_on_every_node(redis_cluster: RedisCluster)
         store = RedisStore(None, 2000, cluster_nodes=redis_cluster.nodes)
         args = packed_args(call_args(Algorithm.TOKEN_BUCKET, 5, 60_000))
         results = await asyncio.gather(*(store.check(b"rl:ns:%d" % i, args) for i in range(30)))
-        assert all(r.allowed for r in results)
+        assert all(r[0] for r in results)
         await store.close()
 
     asyncio.run(run())

@@ -7,7 +7,7 @@ import random
 import pytest
 from ratelimit_cases import CASES, T0, Case
 
-from apigate.ratelimit.algorithms import ALGORITHMS, Algorithm, Decision, check, check_units
+from apigate.ratelimit.algorithms import ALGORITHMS, Algorithm, check, check_units
 from apigate.ratelimit.memory import MemoryStore
 
 
@@ -16,7 +16,7 @@ def test_memory_store_passes_the_shared_table(case: Case) -> None:
     store = MemoryStore()
     for step in case.steps:
         got = store.check(b"k", case.algorithm, case.limit, case.window_ms, now=T0 + step.at_ms)
-        want = Decision(step.allowed, step.remaining, step.reset_ms, step.retry_ms)
+        want = (step.allowed, step.remaining, step.reset_ms, step.retry_ms)
         assert got == want, f"at +{step.at_ms} ms"
 
 
@@ -31,8 +31,8 @@ def test_an_expired_state_answers_like_the_stored_one(algorithm: Algorithm) -> N
         for _ in range(rng.randint(1, 12)):
             now += rng.randint(0, window)
             out = check(algorithm, state, now, limit, window)
-            if out.state is not None:
-                state, ttl, written = out.state, out.ttl_ms, now
+            if out[4] is not None:
+                state, ttl, written = out[4], out[5], now
         if state is None:
             continue
         later = written + ttl + rng.randint(0, 3 * window)
@@ -42,7 +42,7 @@ def test_an_expired_state_answers_like_the_stored_one(algorithm: Algorithm) -> N
 @pytest.mark.parametrize("algorithm", list(Algorithm))
 def test_never_more_than_limit_in_one_burst(algorithm: Algorithm) -> None:
     store = MemoryStore()
-    allowed = sum(store.check(b"k", algorithm, 10, 60_000, now=T0 + 5).allowed for _ in range(50))
+    allowed = sum(store.check(b"k", algorithm, 10, 60_000, now=T0 + 5)[0] for _ in range(50))
     assert allowed == 10
 
 
@@ -50,7 +50,7 @@ def test_fixed_and_token_bucket_allow_exactly_limit_over_a_long_window() -> None
     store = MemoryStore()
     for name in ("fixed_window", "token_bucket"):
         alg = ALGORITHMS[name]
-        got = sum(store.check(name.encode(), alg, 37, 3_600_000, now=T0 + i).allowed for i in range(1000))
+        got = sum(store.check(name.encode(), alg, 37, 3_600_000, now=T0 + i)[0] for i in range(1000))
         assert got == 37, name
 
 
@@ -58,7 +58,7 @@ def test_sliding_window_worst_case_stays_below_twice_the_limit() -> None:
     """The documented bound: all of the previous window's requests at its very end."""
     store, limit, window = MemoryStore(), 10, 1000
     times = [T0 + 999] * 20 + [T0 + 1000 + t for t in range(0, 1000, 5)]
-    accepted = [t for t in times if store.check(b"k", Algorithm.SLIDING_WINDOW, limit, window, now=t).allowed]
+    accepted = [t for t in times if store.check(b"k", Algorithm.SLIDING_WINDOW, limit, window, now=t)[0]]
     worst = max(sum(1 for t in accepted if end - window < t <= end) for end in accepted)
     assert limit < worst < 2 * limit
 

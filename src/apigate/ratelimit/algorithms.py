@@ -34,8 +34,8 @@ recomputing it from the stored state later gives the same value.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
-from typing import NamedTuple
 
 MAX_UNITS = 2**50  # limit * window_ms must stay below this (Lua doubles are exact to 2**53)
 
@@ -58,19 +58,15 @@ SHORT_NAMES = {Algorithm.TOKEN_BUCKET: "tb", Algorithm.FIXED_WINDOW: "fw", Algor
 State = tuple[int, ...]
 
 
-class Decision(NamedTuple):
-    """One check's answer; times in milliseconds from `now`."""
-
-    allowed: bool
-    remaining: int  # requests still allowed right now
-    reset_ms: int  # until the limit is fully available again
-    retry_ms: int  # rejected: until a request would be accepted; allowed: 0
-
-
-class Outcome(NamedTuple):
-    decision: Decision
-    state: State | None  # to store (None: store nothing)
-    ttl_ms: int  # expiry of the stored state
+# What a check answers, as plain tuples: they are built on every request, and a NamedTuple
+# costs a Python-level call each time.
+#   Decision: (allowed, remaining, reset_ms, retry_ms)
+#     remaining: requests still allowed right now; reset_ms: until the limit is fully
+#     available again; retry_ms: rejected, until a request would be accepted (else 0).
+#   Outcome: Decision's four fields, then (state to store or None, its ttl_ms).
+Decision = tuple[bool, int, int, int]
+Outcome = tuple[bool, int, int, int, State | None, int]
+CheckFn = Callable[[State | None, int, int, int], Outcome]
 
 
 def window_ms(window_secs: float) -> int:
@@ -88,19 +84,23 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def token_bucket(state: State | None, now: int, limit: int, window: int) -> Outcome:
+    # (comparisons instead of min/max and inlined ceil-divisions: this runs per request)
     capacity = limit * window
     if state is None:
         level = capacity
     else:
-        elapsed = max(0, now - state[1])
-        level = min(capacity, state[0] + elapsed * limit)
+        level, last = state
+        if now > last:
+            level += (now - last) * limit
+            if level > capacity:
+                level = capacity
     if level >= window:
         level -= window
-        reset = _ceil_div(capacity - level, limit)
-        return Outcome(Decision(True, level // window, reset, 0), (level, now), reset)
-    reset = _ceil_div(capacity - level, limit)
-    retry = _ceil_div(window - level, limit)
-    return Outcome(Decision(False, 0, reset, retry), None, 0)
+        reset = -((level - capacity) // limit)  # ceil((capacity - level) / limit)
+        return True, level // window, reset, 0, (level, now), reset
+    reset = -((level - capacity) // limit)
+    retry = -((level - window) // limit)
+    return False, 0, reset, retry, None, 0
 
 
 def fixed_window(state: State | None, now: int, limit: int, window: int) -> Outcome:
@@ -109,8 +109,8 @@ def fixed_window(state: State | None, now: int, limit: int, window: int) -> Outc
     reset = (index + 1) * window - now
     if count < limit:
         count += 1
-        return Outcome(Decision(True, limit - count, reset, 0), (index, count), reset)
-    return Outcome(Decision(False, 0, reset, reset), None, 0)
+        return True, limit - count, reset, 0, (index, count), reset
+    return False, 0, reset, reset, None, 0
 
 
 def sliding_window(state: State | None, now: int, limit: int, window: int) -> Outcome:
@@ -128,7 +128,7 @@ def sliding_window(state: State | None, now: int, limit: int, window: int) -> Ou
         current += 1
         weighted += window
         ttl = 2 * window - elapsed
-        return Outcome(Decision(True, (budget - weighted) // window, ttl, 0), (index, current, previous), ttl)
+        return True, (budget - weighted) // window, ttl, 0, (index, current, previous), ttl
     reset = 2 * window - elapsed if current > 0 else window - elapsed
     if current < limit:
         # Later in this window the previous count weighs less: the first d with
@@ -137,10 +137,10 @@ def sliding_window(state: State | None, now: int, limit: int, window: int) -> Ou
     else:
         # Only the next window helps, where this window's count becomes the previous one.
         retry = (window - elapsed) + window - ((limit - 1) * window) // current
-    return Outcome(Decision(False, 0, reset, retry), None, 0)
+    return False, 0, reset, retry, None, 0
 
 
-CHECKS = {
+CHECKS: dict[Algorithm, CheckFn] = {
     Algorithm.TOKEN_BUCKET: token_bucket,
     Algorithm.FIXED_WINDOW: fixed_window,
     Algorithm.SLIDING_WINDOW: sliding_window,

@@ -77,7 +77,9 @@ class Rule:
         self.args = packed_args(call_args(self.algorithm, self.limit, self.window))
         self.header = limit.key_type[7:].lower().encode() if limit.key_type.startswith("header:") else b""
         self.route_key = key_for(self.prefix, b"route", route_id.encode())
+        self.ip_prefix = self.prefix + b"ip="  # + the client ip (always short: kept as it is)
         self.metric_key = (route_id, limit.key_type)
+        self.limit_headers = ((RATELIMIT_LIMIT, self.limit_b), (X_RATELIMIT_LIMIT, self.limit_b))
 
 
 class RateLimitFilter(Filter):
@@ -119,6 +121,8 @@ class RateLimitFilter(Filter):
     # ------------------------------------------------------------------ keys
     def key(self, ctx: RequestContext, rule: Rule) -> bytes:
         kind = rule.key_type
+        if kind == "ip" and not self.client_ip.networks:  # the common case, kept short
+            return rule.ip_prefix + ctx.client_ip.encode()
         if kind == "route":
             return rule.route_key
         if kind == "user":
@@ -129,12 +133,10 @@ class RateLimitFilter(Filter):
             for name, value in ctx.cycle.headers:
                 if name == wanted:
                     return key_for(rule.prefix, b"h", value, hashed=kind == "api_key")
-        ip = (
-            self.client_ip.resolve(ctx.client_ip, ctx.cycle.headers)
-            if self.client_ip.networks
-            else ctx.client_ip
-        )
-        return key_for(rule.prefix, b"ip", ip.encode())
+        ip = ctx.client_ip
+        if self.client_ip.networks:
+            ip = self.client_ip.resolve(ip, ctx.cycle.headers)
+        return rule.ip_prefix + ip.encode()
 
     # ------------------------------------------------------------------ the request
     def on_request(self, ctx: RequestContext) -> RequestOutcome:
@@ -159,18 +161,26 @@ class RateLimitFilter(Filter):
         return self.decide(ctx, rule, decision)
 
     def decide(self, ctx: RequestContext, rule: Rule, d: Decision) -> Response | None:
-        reset = _int(seconds(d.reset_ms))
-        remaining = _int(d.remaining)
-        ctx.add_response_header(RATELIMIT_LIMIT, rule.limit_b)
-        ctx.add_response_header(RATELIMIT_REMAINING, remaining)
-        ctx.add_response_header(RATELIMIT_RESET, reset)
-        ctx.add_response_header(X_RATELIMIT_LIMIT, rule.limit_b)
-        ctx.add_response_header(X_RATELIMIT_REMAINING, remaining)
-        ctx.add_response_header(X_RATELIMIT_RESET, reset)
-        if d.allowed:
+        allowed, remaining_n, reset_ms, retry_ms = d
+        reset = _int(-(-reset_ms // 1000))
+        remaining = _int(remaining_n)
+        limit, x_limit = rule.limit_headers
+        headers = [
+            limit,
+            (RATELIMIT_REMAINING, remaining),
+            (RATELIMIT_RESET, reset),
+            x_limit,
+            (X_RATELIMIT_REMAINING, remaining),
+            (X_RATELIMIT_RESET, reset),
+        ]
+        if ctx.response_headers:
+            ctx.response_headers.extend(headers)
+        else:  # the shared empty default (context.py): this request gets its own list
+            ctx.response_headers = headers
+        if allowed:
             return None
         self.limited[rule.metric_key] += 1
-        retry = _int(max(1, seconds(d.retry_ms)))
+        retry = _int(max(1, seconds(retry_ms)))
         return Response.error_reply("rate_limited", ctx, [(RETRY_AFTER, retry)])
 
     def unavailable(self, ctx: RequestContext, rule: Rule, key: bytes) -> Response | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 
-from apigate.ratelimit.algorithms import Algorithm, Decision, State, check
+from apigate.ratelimit.algorithms import CHECKS, Algorithm, Decision, State
 
 SWEEP_INTERVAL_MS = 10_000
 
@@ -39,15 +39,15 @@ class MemoryStore:
         self, key: bytes, algorithm: Algorithm, limit: int, window: int, now: int | None = None
     ) -> Decision:
         if now is None:
-            now = wall_ms()
+            now = time.time_ns() // 1_000_000
         if now >= self._next_sweep:
             self._sweep(now)
         entry = self._entries.get(key)
         state = entry[0] if entry is not None and entry[1] > now else None
-        outcome = check(algorithm, state, now, limit, window)
-        if outcome.state is not None:
-            self._entries[key] = (outcome.state, now + outcome.ttl_ms)
-        return outcome.decision
+        allowed, remaining, reset, retry, new_state, ttl = CHECKS[algorithm](state, now, limit, window)
+        if new_state is not None:
+            self._entries[key] = (new_state, now + ttl)
+        return allowed, remaining, reset, retry
 
     def _sweep(self, now: int) -> None:
         self._next_sweep = now + SWEEP_INTERVAL_MS

@@ -57,6 +57,7 @@ from apigate.logs import events
 from apigate.ratelimit.algorithms import Algorithm, Decision
 
 FAILURES_TO_OPEN = 3  # failed round trips in a row that open the breaker
+MAX_IN_FLIGHT = 1  # batches of checks awaiting replies on the connection; later checks wait and join
 PROBE_INTERVAL_S = 0.25  # while open: how often Redis is probed
 ERROR_LOG_INTERVAL_S = 10.0  # at most one backend error event per interval
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -184,7 +185,7 @@ def packed_args(args: Sequence[bytes]) -> bytes:
 def _decision(reply: object) -> Decision:
     if not isinstance(reply, list) or len(reply) != 4:
         raise StoreUnavailable("script")
-    return Decision(reply[0] == 1, int(reply[1]), int(reply[2]), int(reply[3]))
+    return reply[0] == 1, reply[1], reply[2], reply[3]
 
 
 def _is_noscript(reply: object) -> bool:
@@ -267,6 +268,7 @@ class _Connection(asyncio.Protocol):
         self.batches: deque[_Batch] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self.in_flight = 0  # counted batches (of checks) written and not yet answered
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports do not subclass asyncio.Transport; they implement it)
@@ -290,7 +292,10 @@ class _Connection(asyncio.Protocol):
                 if batch.timer is not None:
                     batch.timer.cancel()
                 if batch.counted:
+                    self.in_flight -= 1
                     self.store._round_trip_done(batch.started)
+                    if self.store._pending:  # checks held while this batch was out
+                        self.store._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -299,6 +304,7 @@ class _Connection(asyncio.Protocol):
 
     def _fail_all(self, reason: str) -> None:
         batches, self.batches = self.batches, deque()
+        self.in_flight = 0
         for batch in batches:
             if batch.timer is not None:
                 batch.timer.cancel()
@@ -322,6 +328,8 @@ class _Connection(asyncio.Protocol):
         batch = _Batch(handlers, loop.time(), counted)
         batch.timer = loop.call_at(deadline, self._expire, batch)
         self.batches.append(batch)
+        if counted:
+            self.in_flight += 1
         self.transport.write(data)
         return batch
 
@@ -362,6 +370,8 @@ class RedisStore:
         self.breaker = Breaker.CLOSED
         self.failures = 0  # failed round trips in a row
         self._pending: list[Call] = []
+        self._pending_since = 0.0  # when the oldest pending check was queued: its deadline counts from then
+        self._flush_scheduled = False
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._waiting_connection: list[tuple[list[Call], float]] = []
@@ -420,19 +430,29 @@ class RedisStore:
         """Queue one check (ARGV packed by `packed_args`); sent with the loop turn's batch."""
         fut: asyncio.Future[Decision] = self.loop.create_future()
         if not self._pending:
-            self.loop.call_soon(self._flush)
+            self._pending_since = self.loop.time()
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.loop.call_soon(self._flush)
         self._pending.append((key, args, fut))
         return fut
 
     def _flush(self) -> None:
-        calls, self._pending = self._pending, []
-        if not calls:
+        """Send the pending checks as one pipeline, unless a batch is still out: then they
+        wait for its replies (`MAX_IN_FLIGHT`) and go together — larger batches, fewer
+        syscalls and wake-ups on both sides, for about one more Redis round trip of delay
+        under load. Their deadline still counts from when the oldest was queued."""
+        self._flush_scheduled = False
+        if not self._pending:
             return
-        deadline = self.loop.time() + self.timeout
+        deadline = self._pending_since + self.timeout
+        conn = self._conn
+        if self.cluster is None and conn is not None and not conn.lost and conn.in_flight >= MAX_IN_FLIGHT:
+            return  # sent from data_received when the batch in flight is answered
+        calls, self._pending = self._pending, []
         if self.cluster is not None:
             self._spawn(self._cluster_batch(calls, deadline))
             return
-        conn = self._conn
         if conn is not None and not conn.lost:
             self._send(conn, calls, deadline)
             return
@@ -579,6 +599,9 @@ class RedisStore:
             self._conn = None
             if not self._closed:
                 self._failed(reason, None)
+                if self._pending and not self._flush_scheduled:  # held checks: a new connection
+                    self._flush_scheduled = True
+                    self.loop.call_soon(self._flush)
 
     def _failed(self, reason: str, error: BaseException | None) -> None:
         self.backend_errors[reason] += 1
