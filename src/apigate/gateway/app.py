@@ -112,9 +112,32 @@ class App:
             self._dispatch(ctx, match)
         elif type(outcome) is Response:
             self._reply(ctx, outcome)
+        elif isinstance(outcome, asyncio.Future):
+            # A filter's own future (a batched Redis check): a callback, not a task per request.
+            outcome.add_done_callback(lambda fut: self._future_done(ctx, match, fut))
+            cycle.on_cancel = lambda: self._future_cancelled(ctx, outcome)
         else:
             task = self.loop.create_task(self._after_filters(ctx, match, outcome))  # type: ignore[arg-type]
             cycle.on_cancel = lambda: self._cancelled(ctx, task)
+
+    def _future_done(
+        self, ctx: RequestContext, match: Match | NoMatch, fut: asyncio.Future[Response | None]
+    ) -> None:
+        if fut.cancelled() or ctx.completed:
+            return
+        ctx.cycle.on_cancel = None
+        error = fut.exception()
+        if error is not None:
+            events.emit("ERROR", "gateway", "filter_failed", "A filter failed", error=repr(error)[:200])
+            self._reply(ctx, Response.error_reply("internal_error", ctx))
+        elif (outcome := fut.result()) is None:
+            self._dispatch(ctx, match)
+        else:
+            self._reply(ctx, outcome)
+
+    def _future_cancelled(self, ctx: RequestContext, fut: asyncio.Future[Response | None]) -> None:
+        fut.cancel()
+        self._complete(ctx)
 
     async def _after_filters(
         self, ctx: RequestContext, match: Match | NoMatch, pending: Awaitable[Response | None]

@@ -8,6 +8,8 @@ A filter implements only the phases it needs:
   without waiting (a cached token, an in-memory counter) returns directly: a request
   whose filters all decide synchronously never creates a task, which is a large share
   of the gateway's per-request cost in Python.
+  A filter that returns an `asyncio.Future` (the rate limiter's batched Redis check),
+  when no filter runs after it, is continued from the future's done-callback: no task.
 - `on_response(ctx, status, headers)` may append headers; runs in reverse order, on
   proxied responses and local replies alike.
 - `on_complete(ctx)` records metrics and the log event after the response; it never
@@ -116,6 +118,8 @@ class FilterChain:
                 continue
             if isinstance(outcome, Response):
                 return outcome
+            if i + 1 == len(filters):
+                return outcome  # nothing runs after it: the caller awaits it (or its future) directly
             return self._resume(ctx, outcome, i + 1)
         return None
 

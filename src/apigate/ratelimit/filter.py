@@ -5,16 +5,19 @@ Each matched route gets a `Rule` when the filter is built: its own `rate_limit`,
 `rate_limit: false` or nothing applies. Requests that matched no route are not limited.
 
 Per request: build the key (keys.py), then ask the store. In memory the answer is
-synchronous (no task). With Redis the filter returns an awaitable of the store's future,
-which the loop turn's batch resolves. While Redis is unreachable (breaker open, timeout,
-connection refused): `fail_closed` answers 503 `rate_limit_unavailable`; `fail_open`
-counts the request in a per-instance in-memory limiter with the same limits and logs a
-`rate_limit_degraded` warning (at most one per `DEGRADED_LOG_INTERVAL_S`).
+synchronous (no task). With Redis the filter returns a future that the store's callback
+resolves with the final answer when the loop turn's batch is answered; the gateway goes
+on from the future's done-callback, so a Redis check costs no task either.
+
+While Redis is unreachable (breaker open, timeout, connection refused): `fail_closed`
+answers 503 `rate_limit_unavailable`; `fail_open` counts the request in a per-instance
+in-memory limiter with the same limits and logs a `rate_limit_degraded` warning (at most
+one per `DEGRADED_LOG_INTERVAL_S`).
 
 Every response on a limited route carries RateLimit-Limit / -Remaining / -Reset
 (draft-ietf-httpapi-ratelimit-headers; Reset in delta-seconds) and the X-RateLimit-*
-twins many clients still read; they are added through `ctx.add_response_header`, so
-the 429, proxied responses and any later local reply all carry them. A rejection is 429
+twins many clients still read; they go into `ctx.response_headers`, so the 429,
+proxied responses and any later local reply all carry them. A rejection is 429
 `rate_limited` with Retry-After in whole seconds, at least 1 (RFC 9110 §10.2.3).
 
 Counters for metrics (exported by the telemetry package):
@@ -26,8 +29,9 @@ Counters for metrics (exported by the telemetry package):
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable
+from functools import partial
 
 from apigate.config.schema import Config, LimitConfig
 from apigate.gateway.context import RequestContext
@@ -149,16 +153,26 @@ class RateLimitFilter(Filter):
         if not store.available:
             store.backend_errors["circuit_open"] += 1
             return self.unavailable(ctx, rule, key)
-        return self._wait(ctx, rule, key, store.check(key, rule.args))
+        # The answer is computed in the store's callback, when the batch's replies arrive;
+        # the future carries it to the gateway, which continues from a done-callback.
+        outcome: asyncio.Future[Response | None] = store.loop.create_future()
+        store.submit(key, rule.args, partial(self._answered, ctx, rule, key, outcome))
+        return outcome
 
-    async def _wait(
-        self, ctx: RequestContext, rule: Rule, key: bytes, pending: Awaitable[Decision]
-    ) -> Response | None:
-        try:
-            decision = await pending
-        except StoreUnavailable:
-            return self.unavailable(ctx, rule, key)
-        return self.decide(ctx, rule, decision)
+    def _answered(
+        self,
+        ctx: RequestContext,
+        rule: Rule,
+        key: bytes,
+        outcome: asyncio.Future[Response | None],
+        result: Decision | StoreUnavailable,
+    ) -> None:
+        if outcome.done():  # the request went away meanwhile
+            return
+        if isinstance(result, StoreUnavailable):
+            outcome.set_result(self.unavailable(ctx, rule, key))
+        else:
+            outcome.set_result(self.decide(ctx, rule, result))
 
     def decide(self, ctx: RequestContext, rule: Rule, d: Decision) -> Response | None:
         allowed, remaining_n, reset_ms, retry_ms = d

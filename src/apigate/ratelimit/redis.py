@@ -44,6 +44,7 @@ import asyncio
 import bisect
 import enum
 import hashlib
+import logging
 import ssl
 import time
 from collections import deque
@@ -55,6 +56,8 @@ import hiredis
 
 from apigate.logs import events
 from apigate.ratelimit.algorithms import Algorithm, Decision
+
+log = logging.getLogger("apigate.ratelimit")
 
 FAILURES_TO_OPEN = 3  # failed round trips in a row that open the breaker
 MAX_IN_FLIGHT = 1  # batches of checks awaiting replies on the connection; later checks wait and join
@@ -338,20 +341,25 @@ class _Connection(asyncio.Protocol):
             self.abort("timeout")
 
 
-def _resolve(fut: asyncio.Future[Decision], reply: object) -> None:
-    if fut.done():  # the request went away
-        return
+def _resolve(answer: Answer, reply: object) -> None:
+    """Hand a script reply (or the failure in its place) to the check's callback."""
+    result: Decision | StoreUnavailable
     if isinstance(reply, StoreUnavailable):
-        fut.set_exception(reply)
-        return
+        result = reply
+    else:
+        try:
+            result = _decision(reply)
+        except StoreUnavailable as e:
+            result = e
     try:
-        fut.set_result(_decision(reply))
-    except StoreUnavailable as e:
-        fut.set_exception(e)
+        answer(result)
+    except Exception:  # a caller's bug must not break the connection's reply stream
+        log.exception("rate-limit check callback failed")
 
 
 # ----------------------------------------------------------------------------- the store
-Call = tuple[bytes, bytes, "asyncio.Future[Decision]"]  # key, packed ARGV, answer
+Answer = Callable[["Decision | StoreUnavailable"], None]
+Call = tuple[bytes, bytes, Answer]  # key, packed ARGV, called with the result
 
 
 class RedisStore:
@@ -427,15 +435,30 @@ class RedisStore:
 
     # ------------------------------------------------------------------ checks
     def check(self, key: bytes, args: bytes) -> asyncio.Future[Decision]:
-        """Queue one check (ARGV packed by `packed_args`); sent with the loop turn's batch."""
+        """`submit` with a future: its result, or StoreUnavailable raised."""
         fut: asyncio.Future[Decision] = self.loop.create_future()
+
+        def answer(result: Decision | StoreUnavailable) -> None:
+            if fut.done():
+                return
+            if isinstance(result, StoreUnavailable):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+        self.submit(key, args, answer)
+        return fut
+
+    def submit(self, key: bytes, args: bytes, answer: Answer) -> None:
+        """Queue one check (ARGV packed by `packed_args`); sent with the loop turn's batch.
+        `answer` is called exactly once, with the Decision or a StoreUnavailable, at the
+        latest when the deadline passes. (The filter uses this form: no future, no task.)"""
         if not self._pending:
             self._pending_since = self.loop.time()
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 self.loop.call_soon(self._flush)
-        self._pending.append((key, args, fut))
-        return fut
+        self._pending.append((key, args, answer))
 
     def _flush(self) -> None:
         """Send the pending checks as one pipeline, unless a batch is still out: then they
@@ -483,7 +506,7 @@ class RedisStore:
         conn.write(b"".join(parts), handlers, deadline)
 
     def _handler(
-        self, key: bytes, args: bytes, fut: asyncio.Future[Decision], retry: list[Call], may_retry: bool
+        self, key: bytes, args: bytes, fut: Answer, retry: list[Call], may_retry: bool
     ) -> Callable[[object], None]:
         def handle(reply: object) -> None:
             if may_retry and _is_noscript(reply):
