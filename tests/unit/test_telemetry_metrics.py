@@ -27,6 +27,7 @@ def ctx(**kw: Any) -> Any:
         "upstream_duration": 0.004,
         "upstream_failure": None,
         "error": None,
+        "path": "/users/1",
     }
     base.update(kw)
     return SimpleNamespace(**base)
@@ -125,6 +126,7 @@ def series(metric: metrics.Metric | metrics.Histogram, labels: tuple[Any, ...]) 
 
 
 def count(labels: tuple[Any, ...]) -> float:
+    metrics.REGISTRY.collect()  # http_requests_total is copied in at scrape time
     return metrics.HTTP_REQUESTS.value(labels)
 
 
@@ -249,3 +251,13 @@ def test_rate_limit_latency_buckets_match_the_store() -> None:
     from apigate.ratelimit.redis import LATENCY_BUCKETS_S
 
     assert metrics.RATE_LIMIT_BACKEND_LATENCY.buckets == LATENCY_BUCKETS_S
+
+
+def test_health_probes_are_not_counted_as_traffic() -> None:
+    f = MetricsFilter(clock=lambda: 10.0)
+    metrics.REGISTRY.collect()
+    before = sum(metrics.HTTP_REQUESTS.series.values())
+    f.on_complete(ctx(route=None, upstream_id=None, status=503, path="/health/ready"))
+    f.on_complete(ctx(route=None, upstream_id=None, status=200, path="/health/live"))
+    metrics.REGISTRY.collect()
+    assert sum(metrics.HTTP_REQUESTS.series.values()) == before
