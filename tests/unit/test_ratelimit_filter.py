@@ -250,3 +250,57 @@ def test_redis_down(mode: str) -> None:
         await h.filter.close()
 
     asyncio.run(run())
+
+
+def test_apigate_check_prints_the_workers_warning_and_exits_0(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "server: {workers: 2}\n"
+        "upstreams: [{id: u, base_url: 'http://127.0.0.1:1'}]\n"
+        "routes: [{id: r, path: /r, upstream_id: u, rate_limit: {limit: 5, window_secs: 1}}]\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "apigate", "check", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok: 1 route")
+    assert "warning: server.workers is 2 and rate limits are kept in memory" in out.stderr
+
+
+def test_a_future_from_the_last_filter_is_handed_through_unwrapped() -> None:
+    from apigate.gateway.filters import Filter, FilterChain
+
+    async def run() -> None:
+        fut: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
+
+        class Waits(Filter):
+            priority = 1
+
+            def on_request(self, ctx: RequestContext) -> Any:
+                return fut
+
+        class Before(Filter):
+            priority = 2
+
+            def on_request(self, ctx: RequestContext) -> Any:
+                return None
+
+        class After(Filter):
+            priority = 0
+
+            def on_request(self, ctx: RequestContext) -> Any:
+                return None
+
+        ctx = Harness(config()).context("/a")
+        assert FilterChain([Before(), Waits()]).start_request(ctx) is fut
+        resume = FilterChain([Waits(), After()]).start_request(ctx)
+        assert resume is not fut  # After still has to run: a resume step wraps it
+        resume.close()  # type: ignore[union-attr]
+
+    asyncio.run(run())

@@ -70,6 +70,10 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 # gateway always sends "" so that Redis TIME is used). Returns {allowed, remaining,
 # reset_ms, retry_ms}. Each branch is the function of the same name in algorithms.py.
 SCRIPT = """
+-- Redis < 5 replicates scripts verbatim and refuses writes after TIME unless told to
+-- replicate effects; Redis >= 5 does that anyway (and 7 keeps this call as a no-op).
+if redis.replicate_commands then redis.replicate_commands() end
+
 local function idiv(a, b)
   local q = math.floor(a / b)
   if q * b > a then q = q - 1 elseif (q + 1) * b <= a then q = q + 1 end
