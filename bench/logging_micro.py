@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from apigate.logs.pipeline import Pipeline
+from apigate.logs.redact import AccessEvent
 from apigate.logs.sinks.file import FileSink
 
 
@@ -47,7 +48,7 @@ async def main(n: int) -> None:
         sink = FileSink("file", 20, Path(d) / "gw.log", max_size_mb=4096)
         await sink.open()
         p = Pipeline(sinks=[sink])
-        events = [access_event(i) for i in range(n)]
+        events = [AccessEvent(access_event(i)) for i in range(n)]
         t0 = time.perf_counter()
         for ev in events:
             p.submit(ev)

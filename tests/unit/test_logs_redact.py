@@ -83,3 +83,20 @@ def test_input_is_not_modified() -> None:
 
 def test_redact_text_leaves_plain_text() -> None:
     assert redact_text("no secrets here") == "no secrets here"
+
+
+def test_access_event_fast_path_matches_the_full_walk() -> None:
+    from apigate.logs.redact import AccessEvent, redact_access
+
+    fields: dict[str, Any] = {
+        "method": "GET",
+        "path": "/a?token=t&email=ann@example.com&page=1",
+        "user_agent": "curl Bearer abcdefgh",
+        "user": "bob@example.org",
+        "correlation_id": "id-1",
+        "status": 200,
+        "client_ip": "127.0.0.1",
+        "route_id": "r",
+    }
+    assert redact_access(AccessEvent(fields)) == redact(fields)
+    assert redact_access(AccessEvent(fields))["path"] == "/a?token=[REDACTED]&email=a***@example.com&page=1"

@@ -10,12 +10,12 @@ filters' `on_complete` has recorded what they know.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from apigate.config.schema import Config
 from apigate.gateway.context import RequestContext
 from apigate.gateway.filters import Filter
 from apigate.logs import events
+from apigate.logs.redact import AccessEvent
 from apigate.logs.sampling import Sampler
 
 USER_AGENT = b"user-agent"
@@ -67,26 +67,28 @@ class AccessLogFilter(Filter):
         query = ctx.query
         up = ctx.upstream_duration
         rl = cycle.response_length
-        ev: dict[str, Any] = {
-            "timestamp": now,
-            "level": _LEVEL_NAMES[levelno],
-            "service": self.service,
-            "component": "gateway",
-            "event_type": "request_completed",
-            "correlation_id": ctx.request_id,
-            "message": "Request completed",
-            "method": ctx.method,
-            "path": ctx.path + query.decode("latin-1") if query else ctx.path,
-            "client_ip": ctx.client_ip,
-            "user_agent": ua,
-            "request_size": cycle.content_length or 0,
-            "status": status,
-            "duration_ms": round((cycle.proto.loop.time() - ctx.start) * 1000, 3),
-            "route_id": route.id if route is not None else None,
-            "upstream_id": ctx.upstream_id,
-            "upstream_duration_ms": round(up * 1000, 3) if up is not None else None,
-            "response_size": rl if rl is not None else cycle.body_bytes,
-        }
+        ev = AccessEvent(
+            {
+                "timestamp": now,
+                "level": _LEVEL_NAMES[levelno],
+                "service": self.service,
+                "component": "gateway",
+                "event_type": "request_completed",
+                "correlation_id": ctx.request_id,
+                "message": "Request completed",
+                "method": ctx.method,
+                "path": ctx.path + query.decode("latin-1") if query else ctx.path,
+                "client_ip": ctx.client_ip,
+                "user_agent": ua,
+                "request_size": cycle.content_length or 0,
+                "status": status,
+                "duration_ms": round((cycle.proto.loop.time() - ctx.start) * 1000, 3),
+                "route_id": route.id if route is not None else None,
+                "upstream_id": ctx.upstream_id,
+                "upstream_duration_ms": round(up * 1000, 3) if up is not None else None,
+                "response_size": rl if rl is not None else cycle.body_bytes,
+            }
+        )
         if ctx.user is not None:
             ev["user"] = ctx.user
         if ctx.error is not None:

@@ -27,7 +27,7 @@ import orjson
 from apigate.config.schema import LoggingConfig, SinkConfig
 from apigate.logs import names
 from apigate.logs.record import Record
-from apigate.logs.redact import redact
+from apigate.logs.redact import AccessEvent, redact, redact_access
 from apigate.logs.sinks.base import Sink
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
@@ -190,7 +190,7 @@ class Pipeline:
         ev.setdefault("service", self.service)
         ev["event_id"] = eid
         if self.redaction:
-            ev = redact(ev)
+            ev = redact_access(ev) if type(ev) is AccessEvent else redact(ev)
         if not self.structured:
             ev = flatten(ev)
         try:
