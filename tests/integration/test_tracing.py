@@ -7,6 +7,7 @@ Collector's OTLP/HTTP receiver would.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -201,3 +202,36 @@ def test_sampling_is_parent_based(gateway: GatewayFactory, scripted: Any, collec
     flags = int(upstream_traceparent(up, "/public/unsampled").rsplit("-", 1)[1], 16)
     assert flags & 1 == 0  # not sampled (0x02 is trace-context level 2's "random trace id")
     assert upstream_traceparent(up, "/public/sampled").split("-")[1] == CLIENT_TRACE
+
+
+def test_guide_jaeger_example_starts_and_says_where_spans_go(gateway: GatewayFactory, scripted: Any) -> None:
+    """backend: jaeger with the Thrift URL of the guide: apigate starts, and warns it sends OTLP to 4318."""
+    up: ScriptedUpstream = scripted(echo_handler)
+    gw = gateway(
+        {"app": up.url},
+        observability={
+            "metrics_enabled": False,
+            "tracing": {
+                "enabled": True,
+                "backend": "jaeger",
+                "endpoint": f"http://{HOST}:14268/api/traces",
+                "service_name": "api-gateway",
+                "sampling_rate": 0.1,
+            },
+        },
+    )
+    assert httpx.get(gw.url + "/x", timeout=10).status_code == 200
+
+    def logged() -> list[dict[str, Any]]:
+        events = []
+        for line in gw.stdout().splitlines():
+            if '"tracing_started"' in line:
+                events.append(json.loads(line))
+        return events
+
+    assert wait_until(lambda: bool(logged()), 10)
+    (event,) = logged()
+    assert event["level"] == "WARN"
+    assert event["endpoint"] == f"http://{HOST}:4318/v1/traces"
+    assert event["configured_endpoint"] == f"http://{HOST}:14268/api/traces"
+    assert "Thrift" in event["message"] and "OTLP/HTTP" in event["message"]

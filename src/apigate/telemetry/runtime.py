@@ -112,8 +112,10 @@ class Telemetry:
             self._snapshots = asyncio.get_running_loop().create_task(self._write_snapshots())
         if self.tracing is not None:
             t = self.cfg.observability.tracing
+            # WARN when the endpoint is not what the configuration says (a Jaeger Thrift URL).
+            rerouted = self.tracing.endpoint != t.endpoint and t.endpoint is not None
             events.emit(
-                "INFO",
+                "WARN" if rerouted or "Thrift" in self.tracing.explanation else "INFO",
                 "telemetry",
                 "tracing_started",
                 f"Tracing: {self.tracing.explanation}",
