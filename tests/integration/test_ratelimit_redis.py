@@ -181,3 +181,39 @@ def test_cluster_noscript_is_reloaded_on_every_node(redis_cluster: RedisCluster)
 
 def test_unused_port_helper_is_free() -> None:
     assert wait_until(lambda: free_port() > 0, 1)
+
+
+def test_sentinel_names_the_master(rl_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import subprocess
+
+    from harness import port_accepts, require_tool, stop_process
+
+    binary = require_tool("redis-server")
+    d = tmp_path_factory.mktemp("rl-sentinel")
+    port = free_port()
+    conf = d / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind {HOST}\ndir {d}\n"
+        f"sentinel monitor rlmaster {HOST} {rl_redis.port} 1\n"
+        "sentinel down-after-milliseconds rlmaster 60000\n"
+    )
+    with open(d / "sentinel.log", "wb") as log:
+        proc = subprocess.Popen(
+            [binary, str(conf), "--sentinel"], stdout=log, stderr=log, cwd=d, start_new_session=True
+        )
+    try:
+        assert wait_until(lambda: port_accepts(port), 15), (d / "sentinel.log").read_text()
+        client = rl_redis.client()
+        client.delete("rl:sentinel")
+
+        async def run() -> None:
+            store = RedisStore(None, 2000, sentinel=("rlmaster", [f"{HOST}:{port}"]))
+            args = packed_args(call_args(Algorithm.FIXED_WINDOW, 2, 60_000))
+            results = await asyncio.gather(*(store.check(b"rl:sentinel", args) for _ in range(3)))
+            assert [r[0] for r in results] == [True, True, False]
+            await store.close()
+
+        asyncio.run(run())
+        assert client.pttl("rl:sentinel") > 0  # written on the master the sentinel named
+    finally:
+        stop_process(proc)

@@ -503,7 +503,8 @@ class RedisStore:
             # After the batch: calls that met NOSCRIPT go again behind a SCRIPT LOAD.
             handlers[-1] = _then(handlers[-1], lambda _: self._retry(retry, deadline))
         self.checks_sent += len(calls)
-        if deadline <= self.loop.time():
+        if deadline <= self.loop.time():  # held past its deadline behind a slow batch
+            self.backend_errors["timeout"] += 1
             for _, _, fut in calls:
                 _resolve(fut, StoreUnavailable("timeout"))
             return
@@ -706,6 +707,9 @@ class RedisStore:
             self._conn.abort("connection")
         if self.cluster is not None:
             await self.cluster.aclose()
+        if self.endpoint is not None and self.endpoint.sentinel is not None:
+            for client in self.endpoint.sentinel.sentinels:
+                await client.aclose()
 
 
 # ----------------------------------------------------------------------------- helpers
