@@ -217,3 +217,27 @@ def test_sentinel_names_the_master(rl_redis: RedisServer, tmp_path_factory: pyte
         assert client.pttl("rl:sentinel") > 0  # written on the master the sentinel named
     finally:
         stop_process(proc)
+
+
+def test_refill_and_rollover_on_redis_time(rl_redis: RedisServer) -> None:
+    """The same boundaries with the clock the script reads from Redis (TIME)."""
+
+    async def run() -> None:
+        store = RedisStore(rl_redis.url, 2000)
+        tb = packed_args(call_args(Algorithm.TOKEN_BUCKET, 2, 1000))  # a token every 500 ms
+        first = [await store.check(b"rl:real:tb", tb) for _ in range(3)]
+        assert [r[0] for r in first] == [True, True, False]
+        assert 400 <= first[2][3] <= 500  # retry_ms: the next token
+        await asyncio.sleep(first[2][3] / 1000 + 0.05)
+        assert (await store.check(b"rl:real:tb", tb))[0]
+        assert not (await store.check(b"rl:real:tb", tb))[0]
+
+        fw = packed_args(call_args(Algorithm.FIXED_WINDOW, 1, 1000))
+        await asyncio.sleep(1 - time.time() % 1 + 0.05)  # just after a (wall clock) boundary
+        got = [await store.check(b"rl:real:fw", fw) for _ in range(2)]
+        assert [r[0] for r in got] == [True, False]
+        await asyncio.sleep(got[1][3] / 1000 + 0.05)  # retry_ms: the rollover
+        assert (await store.check(b"rl:real:fw", fw))[0]
+        await store.close()
+
+    asyncio.run(run())
