@@ -448,7 +448,9 @@ class RawConn:
     def request(
         self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
     ) -> None:
-        lines = [f"{method} {path} HTTP/1.1", "Host: gateway.test"]
+        lines = [f"{method} {path} HTTP/1.1"]
+        if not any(k.lower() == "host" for k in headers or {}):
+            lines.append("Host: gateway.test")  # exactly one Host (RFC 9112 §3.2)
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if body and not any(k.lower() in ("content-length", "transfer-encoding") for k in headers or {}):
             lines.append(f"Content-Length: {len(body)}")
