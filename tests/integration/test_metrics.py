@@ -188,3 +188,28 @@ def test_one_scrape_sums_every_worker(gateway: GatewayFactory, app_upstream: Scr
         assert value(s, "http_request_duration_seconds_count", route="public") == total
         assert value(s, "upstream_request_duration_seconds_count", service="app") == total
         assert value(s, "apigate_build_info") == 1  # max over workers, not a sum
+
+
+def test_rate_limit_and_log_sink_metrics(gateway: GatewayFactory, app_upstream: ScriptedUpstream) -> None:
+    mport = free_port()
+    gw = gateway(
+        {"app": app_upstream.url},
+        [
+            {
+                "id": "limited",
+                "path": "/*",
+                "upstream_id": "app",
+                "rate_limit": {"limit": 2, "window_secs": 60, "algorithm": "fixed_window", "key_type": "ip"},
+            }
+        ],
+        observability={"metrics_port": mport},
+        rate_limiting={},
+    )
+    with httpx.Client(base_url=gw.url, timeout=10) as c:
+        assert [c.get("/x").status_code for _ in range(4)] == [200, 200, 429, 429]
+    s = scrape(mport)
+    assert value(s, "rate_limited_requests_total", route="limited", key_type="ip") == 2
+    assert value(s, "http_requests_total", route="limited", status="429") == 2
+    # The harness logs to stdout at WARN: the sink exists and is counted (the 429s are logged).
+    assert "log_events_total" in names(s)
+    assert {x.labels["sink"] for x in s if x.name == "log_events_total"} >= {"stdout"}
