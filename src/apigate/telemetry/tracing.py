@@ -134,7 +134,8 @@ class TracingFilter(Filter):
             offset = self._bind_clock()
         start = int(ctx.start * 1e9) + offset
         route = ctx.route
-        name = f"{ctx.method} {route.id}" if route is not None else f"{ctx.method} unmatched"
+        # "{method} {http.route}" (OpenTelemetry HTTP conventions): the route's path template.
+        name = f"{ctx.method} {route.config.path}" if route is not None else ctx.method
         server = self.tracer.start_span(name, parent, kind=self.server_kind, start_time=start)
         client = None
         if route is not None:
@@ -171,10 +172,12 @@ class TracingFilter(Filter):
         route = ctx.route
         attrs: dict[str, Any] = {
             "http.request.method": ctx.method,
-            "http.route": route.id if route is not None else "unmatched",
+            "apigate.route": route.id if route is not None else "unmatched",
             "url.path": ctx.path,
             "http.response.status_code": status,
         }
+        if route is not None:
+            attrs["http.route"] = route.config.path
         if ctx.upstream_id is not None:
             attrs["apigate.upstream"] = ctx.upstream_id
         if ctx.user is not None:
