@@ -147,6 +147,8 @@ def test_scrape_after_traffic(gateway: GatewayFactory, app_upstream: ScriptedUps
     assert value(s, "upstream_request_duration_seconds_count", service="gone") == 0
     assert value(s, "apigate_build_info") == 1
     assert {"active_connections", "in_flight_requests"} <= names(s)
+    # The first scrape: the 5xx share since start (2 upstream 503s + 3 502s of 16 requests).
+    assert value(s, "http_error_rate", window="1m") == pytest.approx(5 / 16)
 
 
 def test_gauges_see_open_connections(gateway: GatewayFactory, app_upstream: ScriptedUpstream) -> None:

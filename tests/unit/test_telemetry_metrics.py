@@ -261,3 +261,21 @@ def test_health_probes_are_not_counted_as_traffic() -> None:
     f.on_complete(ctx(route=None, upstream_id=None, status=200, path="/health/live"))
     metrics.REGISTRY.collect()
     assert sum(metrics.HTTP_REQUESTS.series.values()) == before
+
+
+def test_error_rate_over_the_last_minute_from_merged_counters() -> None:
+    reg = metrics.Registry()
+    reqs = reg.counter("http_requests_total", "R.", ("method", "route", "status"))
+    reg.gauge("http_error_rate", "E.", ("window",))
+    rate = metrics._ErrorRate()
+    reg.derived["http_error_rate"] = rate
+    reqs.inc(("GET", "r", 200), 90)
+    reqs.inc(("GET", "r", 503), 10)
+    other = {"http_requests_total": [["GET", "r", 500, 100.0]]}  # another worker: all errors
+    assert 'http_error_rate{window="1m"} 0.55' in lines(reg.render([(other, True)]))
+    assert "http_error_rate" not in reg.snapshot()  # derived, never summed over workers
+    reqs.inc(("GET", "r", 200), 100)  # since the last scrape: 100 more, no errors
+    assert 'http_error_rate{window="1m"} 0' in lines(reg.render([(other, True)]))
+    rate.history = [(h[0] - 61, h[1], h[2]) for h in rate.history]  # a minute later: the old samples go
+    reqs.inc(("GET", "r", 503), 100)
+    assert 'http_error_rate{window="1m"} 1' in lines(reg.render([(other, True)]))

@@ -105,6 +105,8 @@ class Registry:
     def __init__(self) -> None:
         self.families: dict[str, Family] = {}
         self.collectors: dict[str, Callable[[], None]] = {}
+        # Computed from the merged series (all workers) at render time, never snapshotted.
+        self.derived: dict[str, Callable[[dict[str, dict[LabelValues, float | list[float]]]], None]] = {}
 
     def _add(self, family: Family) -> None:
         if family.name in self.families:
@@ -146,7 +148,7 @@ class Registry:
         return {
             name: [[*labels, value] for labels, value in fam.series.items()]
             for name, fam in self.families.items()
-            if fam.series
+            if fam.series and name not in self.derived
         }
 
     def render(self, others: Iterable[tuple[dict[str, list[list[object]]], bool]] = ()) -> bytes:
@@ -184,6 +186,8 @@ class Registry:
                             into[labels] = (
                                 max(prev, mine) if getattr(fam, "merge_max", False) else prev + mine
                             )
+        for derive in self.derived.values():
+            derive(merged)
         out: list[str] = []
         for name, fam in self.families.items():
             out.append(f"# HELP {name} {fam.help}")
@@ -257,6 +261,49 @@ UPSTREAM_FAILURES = REGISTRY.counter(
 AUTH_FAILURES = REGISTRY.counter(
     "auth_failures_total", "Requests refused by authentication, by reason.", ("reason",)
 )
+
+HTTP_ERROR_RATE = REGISTRY.gauge(
+    "http_error_rate",
+    "Share of requests answered 5xx over about the last minute (a quick look, as in the runbook's "
+    "grep; alerts use rate(http_requests_total)).",
+    ("window",),
+)
+ERROR_RATE_WINDOW_S = 60.0
+
+
+class _ErrorRate:
+    """http_error_rate from http_requests_total as merged over workers, at each render.
+
+    Keeps (time, requests, 5xx) at each render; the rate is the change since the newest
+    sample at least a minute old, else since the oldest kept one (since start at the first
+    scrape). Costs the request path nothing.
+    """
+
+    def __init__(self) -> None:
+        self.history: list[tuple[float, float, float]] = []
+
+    def __call__(self, merged: dict[str, dict[LabelValues, float | list[float]]]) -> None:
+        import time
+
+        total = errors = 0.0
+        for labels, v in merged[HTTP_REQUESTS.name].items():
+            if isinstance(v, list):
+                continue
+            total += v
+            if str(labels[2]).startswith("5"):
+                errors += v
+        now = time.monotonic()
+        old = [h for h in self.history if now - h[0] > ERROR_RATE_WINDOW_S]
+        # The newest sample from before the window is the baseline; older ones go.
+        self.history = old[-1:] + [h for h in self.history if now - h[0] <= ERROR_RATE_WINDOW_S]
+        _, total0, errors0 = self.history[0] if self.history else (now, 0.0, 0.0)
+        self.history.append((now, total, errors))
+        n = total - total0
+        rate = (errors - errors0) / n if n > 0 else 0.0
+        merged[HTTP_ERROR_RATE.name] = {("1m",): min(1.0, max(0.0, rate))}
+
+
+REGISTRY.derived[HTTP_ERROR_RATE.name] = _ErrorRate()
 
 # Rate limiting (issue 4): the ratelimit package increments these.
 RATE_LIMITED_REQUESTS = REGISTRY.counter(
