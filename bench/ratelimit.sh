@@ -56,7 +56,7 @@ PIDS+=($!)
 taskset -c "$LOADCPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
   >"$OUT/redis.log" 2>&1 </dev/null &
 PIDS+=($!)
-wait_port "$UP_PORT" && wait_port "$REDIS_PORT" || { echo "upstream or redis did not start" >&2; exit 1; }
+if ! wait_port "$UP_PORT" || ! wait_port "$REDIS_PORT"; then echo "upstream or redis did not start" >&2; exit 1; fi
 
 stat() { # a counter from INFO (evalsha: cmdstat_evalsha calls); awk reads all input (no SIGPIPE)
   redis-cli -p "$REDIS_PORT" info all | tr -d '\r' | awk -F'[:=,]' -v k="$1" '
