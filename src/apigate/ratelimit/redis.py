@@ -22,11 +22,14 @@ checks still waiting fail with `StoreUnavailable("timeout")` and the connection 
 dropped (replies arriving late would be out of step). A failed connect fails the batch
 at once. So no request waits longer than timeout_ms on Redis.
 
-Circuit breaker (states in `Breaker`): after `FAILURES_TO_OPEN` failed round trips in a
-row it opens: `available` is False and the filter answers without asking Redis (503 or
-the local limiter) — no connect attempt per request against a dead server. While open, a
-probe (connect + PING) runs every `PROBE_INTERVAL_S`; its first success closes the
-breaker, so limits are enforced through Redis again within ~0.5 s of Redis returning.
+Circuit breaker (states in `Breaker`): when round trips have failed without a success
+in between for `OPEN_AFTER_S` (and at least `FAILURES_TO_OPEN` of them), it opens — a
+stall shorter than that (a busy host, a slow command) costs only the requests it delays,
+not a further probe interval of refusals. While open, `available` is False and the filter
+answers without asking Redis (503 or the local limiter): no connect attempt per request
+against a dead server. A probe (connect + PING) runs every `PROBE_INTERVAL_S`; its first
+success closes the breaker, so limits are enforced through Redis again within ~0.5 s of
+Redis returning.
 
 Counters for metrics (exported by the telemetry package, which owns prometheus names):
 - `backend_errors[reason]` -> rate_limit_backend_errors_total{reason}; reasons are
@@ -59,7 +62,8 @@ from apigate.ratelimit.algorithms import Algorithm, Decision
 
 log = logging.getLogger("apigate.ratelimit")
 
-FAILURES_TO_OPEN = 3  # failed round trips in a row that open the breaker
+FAILURES_TO_OPEN = 3  # failed round trips in a row that open the breaker ...
+OPEN_AFTER_S = 0.5  # ... once the first of them is this long ago
 MAX_IN_FLIGHT = 1  # batches of checks awaiting replies on the connection; later checks wait and join
 PROBE_INTERVAL_S = 0.25  # while open: how often Redis is probed
 ERROR_LOG_INTERVAL_S = 10.0  # at most one backend error event per interval
@@ -381,6 +385,7 @@ class RedisStore:
         self.timeout = timeout_ms / 1000
         self.breaker = Breaker.CLOSED
         self.failures = 0  # failed round trips in a row
+        self._failing_since = 0.0  # loop time of the first of them
         self._pending: list[Call] = []
         self._pending_since = 0.0  # when the oldest pending check was queued: its deadline counts from then
         self._flush_scheduled = False
@@ -634,8 +639,16 @@ class RedisStore:
     def _failed(self, reason: str, error: BaseException | None) -> None:
         self.backend_errors[reason] += 1
         self.failures += 1
+        now = self.loop.time()
+        if self.failures == 1:
+            self._failing_since = now
         self._log_error(reason, repr(error) if error is not None else "")
-        if self.failures >= FAILURES_TO_OPEN and self.breaker is Breaker.CLOSED and not self._closed:
+        if (
+            self.failures >= FAILURES_TO_OPEN
+            and now - self._failing_since >= OPEN_AFTER_S
+            and self.breaker is Breaker.CLOSED
+            and not self._closed
+        ):
             self.breaker = Breaker.OPEN
             events.emit(
                 "ERROR",
