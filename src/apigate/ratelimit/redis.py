@@ -544,10 +544,10 @@ class RedisStore:
     async def _connect(self) -> None:
         """Open the connection for the batches waiting on it (within their deadline)."""
         assert self.endpoint is not None
+        conn = _Connection(self)
         try:
             waiting = self._waiting_connection
             deadline = min(d for _, d in waiting) if waiting else self.loop.time() + self.timeout
-            conn = _Connection(self)
             async with asyncio.timeout_at(deadline):
                 await self.endpoint.open(lambda: conn)
                 hello = self.endpoint.handshake()
@@ -557,6 +557,9 @@ class RedisStore:
                         conn.abort("connection")
                         raise StoreUnavailable("connection")
         except BaseException as e:
+            if conn.transport is not None and not conn.lost:  # opened, then timed out or cancelled
+                conn.lost = True
+                conn.transport.abort()
             reason = "timeout" if isinstance(e, TimeoutError) else "connection"
             if isinstance(e, asyncio.CancelledError):
                 reason = "connection"
