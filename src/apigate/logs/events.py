@@ -60,7 +60,7 @@ def current() -> Pipeline | None:
 
 
 def timestamp(now: float | None = None) -> str:
-    from apigate.logs.pipeline import rfc3339
+    from apigate.logs.record import rfc3339
 
     return rfc3339(time.time() if now is None else now)
 

@@ -26,8 +26,9 @@ import orjson
 
 from apigate.config.schema import LoggingConfig, SinkConfig
 from apigate.logs import names
-from apigate.logs.record import Record
-from apigate.logs.redact import AccessEvent, redact, redact_access
+from apigate.logs.filter import AccessSnapshot, access_record
+from apigate.logs.record import Record, rfc3339
+from apigate.logs.redact import redact
 from apigate.logs.sinks.base import Sink
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
@@ -35,19 +36,6 @@ INTAKE_MAX_EVENTS = 50_000
 PUMP_INTERVAL_S = 0.02
 PUMP_BATCH = 2048
 PIPELINE = "pipeline"  # the sink label of drops before any sink (intake full)
-
-_sec_cache: tuple[int, str] = (-1, "")
-
-
-def rfc3339(ts: float) -> str:
-    """2024-03-15T12:34:56.789Z; the seconds part is cached (most events share it)."""
-    global _sec_cache
-    sec = int(ts)
-    cached_sec, prefix = _sec_cache
-    if sec != cached_sec:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        _sec_cache = (sec, prefix)
-    return f"{prefix}.{int((ts - sec) * 1000):03d}Z"
 
 
 def text_line(event: dict[str, Any]) -> bytes:
@@ -97,7 +85,7 @@ class Pipeline:
         self.text = text
         self.structured = structured
         self.sinks: list[Sink] = sinks or []
-        self.intake: collections.deque[dict[str, Any]] = collections.deque()
+        self.intake: collections.deque[dict[str, Any] | AccessSnapshot] = collections.deque()
         self.intake_dropped = 0
         self._id_prefix = secrets.token_hex(6)
         self._seq = 0
@@ -175,6 +163,14 @@ class Pipeline:
             self.intake_dropped += 1
         q.append(event)
 
+    def submit_access(self, snapshot: AccessSnapshot) -> None:
+        """The access filter's snapshot; the pump builds the event (logs/filter.py)."""
+        q = self.intake
+        if len(q) >= INTAKE_MAX_EVENTS:
+            q.popleft()
+            self.intake_dropped += 1
+        q.append(snapshot)
+
     # ------------------------------------------------------------------ the pump
     def process(self, event: dict[str, Any]) -> Record | None:
         level = LEVELS.get(event.get("level", "INFO"), 20)
@@ -183,14 +179,21 @@ class Pipeline:
         ts = event.get("timestamp")
         if not isinstance(ts, float):
             ts = time.time()
-        self._seq += 1
-        eid = f"{self._id_prefix}-{self._seq:x}"
+        eid = self.next_id()
         ev = event  # the pipeline owns submitted events: no copy
         ev["timestamp"] = rfc3339(ts)
         ev.setdefault("service", self.service)
         ev["event_id"] = eid
         if self.redaction:
-            ev = redact_access(ev) if type(ev) is AccessEvent else redact(ev)
+            ev = redact(ev)
+        return self.encode(eid, ts, level, ev)
+
+    def next_id(self) -> str:
+        self._seq += 1
+        return f"{self._id_prefix}-{self._seq:x}"
+
+    def encode(self, eid: str, ts: float, level: int, ev: dict[str, Any]) -> Record:
+        """The redacted event as a Record: JSON once (and the text line when asked)."""
         if not self.structured:
             ev = flatten(ev)
         try:
@@ -204,12 +207,17 @@ class Pipeline:
         q = self.intake
         n = 0
         sinks = self.sinks
+        wall_offset = time.time() - asyncio.get_running_loop().time() if q else 0.0
         while q and n < PUMP_BATCH * 8:
-            ev = q.popleft()
+            item = q.popleft()
             n += 1
-            early = ev.pop("_early", False)  # written to stdout already by events.emit
+            early = False
             try:
-                rec = self.process(ev)
+                if type(item) is tuple:
+                    rec: Record | None = access_record(item, wall_offset, self)
+                else:
+                    early = item.pop("_early", False)  # type: ignore[union-attr]  # already on stdout
+                    rec = self.process(item)  # type: ignore[arg-type]
             except Exception:
                 continue
             if rec is None:

@@ -157,31 +157,3 @@ def redact(event: dict[str, Any]) -> dict[str, Any]:
                 out = dict(event)
             out[k] = nv
     return event if out is None else out
-
-
-class AccessEvent(dict[str, Any]):
-    """An access event built by the gateway itself (logs/filter.py).
-
-    Its other fields are numbers, or strings the gateway chose (method, route and
-    upstream ids, client ip, error code); only `CLIENT_FIELDS` carry what a client sent,
-    so only they are searched: a fraction of the full walk, on every request.
-    """
-
-    __slots__ = ()
-
-
-CLIENT_FIELDS = ("path", "user_agent", "user", "correlation_id")
-
-
-def redact_access(event: AccessEvent) -> AccessEvent:
-    """`redact` for an `AccessEvent`, in place (the pipeline owns the event)."""
-    for k in CLIENT_FIELDS:
-        v = event.get(k)
-        if type(v) is not str:
-            continue
-        if k == "path":
-            if "?" in v or "@" in v or "%40" in v:
-                event[k] = redact_url(v)
-        elif "@" in v or "earer" in v or "EARER" in v:
-            event[k] = redact_text(v)
-    return event
