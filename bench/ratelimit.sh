@@ -12,10 +12,10 @@
 # REDIS_PORT 19461) so that it can run beside bench/run.sh.
 #
 # Printed per configuration: median req/s (min-max), median CPU us/req, non-2xx responses, and for
-# Redis the checks per round trip from Redis' own counters: EVALSHA calls / reads processed (the
-# gateway keeps one batch in flight, so a batch arrives in one read, or in more when it exceeds
-# Redis' 16 KiB read buffer: the figure errs low). On a shared machine compare the CPU figures:
-# unlike req/s they do not depend on what else runs.
+# Redis the checks per round trip as Redis sees them: EVALSHA calls / read events processed (each
+# read event is answered by one write; a batch above Redis' 16 KiB read buffer takes more than
+# one, two batches written back to back may share one). On a shared machine compare the CPU
+# figures too: unlike req/s they do not depend on what else runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10} WARMUP=${WARMUP:-2} ROUNDS=${ROUNDS:-3} CONNS=${CONNS:-64}

@@ -64,7 +64,9 @@ log = logging.getLogger("apigate.ratelimit")
 
 FAILURES_TO_OPEN = 3  # failed round trips in a row that open the breaker ...
 OPEN_AFTER_S = 0.5  # ... once the first of them is this long ago
-MAX_IN_FLIGHT = 1  # batches of checks awaiting replies on the connection; later checks wait and join
+# Batches of checks awaiting replies on the connection; later checks wait and go together.
+# 2, not 1: with one, the gateway idles while Redis is slow to wake (bench/README.md).
+MAX_IN_FLIGHT = 2
 PROBE_INTERVAL_S = 0.25  # while open: how often Redis is probed
 ERROR_LOG_INTERVAL_S = 10.0  # at most one backend error event per interval
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -470,8 +472,8 @@ class RedisStore:
         self._pending.append((key, args, answer))
 
     def _flush(self) -> None:
-        """Send the pending checks as one pipeline, unless a batch is still out: then they
-        wait for its replies (`MAX_IN_FLIGHT`) and go together — larger batches, fewer
+        """Send the pending checks as one pipeline, unless `MAX_IN_FLIGHT` batches are out:
+        then they wait for the first one's replies and go together — larger batches, fewer
         syscalls and wake-ups on both sides, for about one more Redis round trip of delay
         under load. Their deadline still counts from when the oldest was queued."""
         self._flush_scheduled = False
