@@ -129,6 +129,7 @@ class App:
         error = fut.exception()
         if error is not None:
             events.emit("ERROR", "gateway", "filter_failed", "A filter failed", error=repr(error)[:200])
+            ctx.cycle.keep_alive = False  # as for any internal_error (docs/HTTP.md)
             self._reply(ctx, Response.error_reply("internal_error", ctx))
         elif (outcome := fut.result()) is None:
             self._dispatch(ctx, match)
