@@ -265,3 +265,14 @@ def test_cloudwatch_rejected_events_are_counted(moto_url: str) -> None:
     got = cw_messages(moto_url, "/aws/api-gateway/rejects", "gw")
     assert sorted(str(e["event_id"]) for e in got) == sorted(f"id-{i}" for i in range(3, 10))
     assert sink.stats.dropped[names.DROP_REJECTED] == 3 and sink.stats.events == 7
+
+
+def test_es_api_key_auth() -> None:
+    s = ElasticsearchServer(api_key="k-123").start()
+    try:
+        cfg = ElasticsearchConfig(urls=[s.url], flush_interval_secs=0.05, api_key="k-123")
+        sink = ElasticsearchSink("elasticsearch", 20, cfg)
+        asyncio.run(deliver(sink, [rec(i) for i in range(5)]))
+        assert len(s.docs) == 5
+    finally:
+        s.stop()

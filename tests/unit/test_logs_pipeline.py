@@ -232,3 +232,30 @@ def test_unstructured_events_fold_fields_into_the_message() -> None:
     ev = orjson.loads(r.json)
     assert set(ev) == {"timestamp", "level", "service", "component", "event_type", "message", "event_id"}
     assert ev["message"] == "Request completed status=200 password=[REDACTED]"
+
+
+def test_spool_dir_that_cannot_be_created_fails_soft(tmp_path: Path) -> None:
+    from apigate.config.schema import LoggingConfig
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    cfg = LoggingConfig.model_validate(
+        {
+            "spool_dir": str(blocker / "spool"),
+            "sinks": [{"type": "elasticsearch", "elasticsearch": {"urls": ["http://127.0.0.1:9"]}}],
+        }
+    )
+    p = Pipeline.from_config(cfg)
+    assert p.sinks[0].spool is None  # memory only
+    warned = [e for e in p.intake if isinstance(e, dict) and e["event_type"] == "spool_unavailable"]
+    assert len(warned) == 1 and warned[0]["sink"] == "elasticsearch"
+
+
+def test_sinks_of_one_type_get_distinct_names_and_spools(tmp_path: Path) -> None:
+    from apigate.config.schema import LoggingConfig
+
+    es = {"type": "elasticsearch", "elasticsearch": {"urls": ["http://127.0.0.1:9"]}}
+    cfg = LoggingConfig.model_validate({"spool_dir": str(tmp_path), "sinks": [es, es, {"type": "stdout"}]})
+    p = Pipeline.from_config(cfg, worker=1)
+    assert [s.name for s in p.sinks] == ["elasticsearch", "elasticsearch-2", "stdout"]
+    assert sorted(d.name for d in tmp_path.iterdir()) == ["elasticsearch-2.w1", "elasticsearch.w1"]
