@@ -164,3 +164,57 @@ def test_sigterm_flushes_elasticsearch_and_splunk(
     finally:
         es.stop()
         hec.stop()
+
+
+def test_user_and_auth_failures_in_access_events(
+    gateway: GatewayFactory, upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    import time
+
+    import jwt
+
+    secret = "logs-test-secret-0123456789abcdef0123"
+    log = tmp_path / "gw.log"
+    gw = gateway(
+        {"up": upstream.url},
+        [{"id": "secure", "path": "/s/*", "upstream_id": "up", "auth_required": True}],
+        auth={"jwt_secret": secret},
+        logging=logging_section(tmp_path, [{"type": "file", "file": {"path": str(log)}}], sampling_rate=0.0),
+    )
+    now = int(time.time())
+    tok = jwt.encode({"sub": "alice", "iat": now, "exp": now + 600}, secret, algorithm="HS256")
+    with httpx.Client(base_url=gw.url) as c:
+        assert c.get("/s/x", headers={"authorization": f"Bearer {tok}"}).status_code == 200
+        assert c.get("/s/x", headers={"authorization": "Bearer not-a-token"}).status_code == 401
+    gw.stop()
+    events = read_events(log)
+    access = [e for e in events if e["event_type"] == "request_completed"]
+    # sampling_rate 0: the 200 is sampled out, the auth failure is always logged
+    assert [e["status"] for e in access] == [401]
+    assert "user" not in access[0]
+    failed = [e for e in events if e["event_type"] == "auth_failed"]
+    assert len(failed) == 1 and "not-a-token" not in log.read_text()
+
+
+def test_authenticated_user_is_in_the_access_event(
+    gateway: GatewayFactory, upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    import time
+
+    import jwt
+
+    secret = "logs-test-secret-0123456789abcdef0123"
+    log = tmp_path / "gw.log"
+    gw = gateway(
+        {"up": upstream.url},
+        [{"id": "secure", "path": "/s/*", "upstream_id": "up", "auth_required": True}],
+        auth={"jwt_secret": secret},
+        logging=logging_section(tmp_path, [{"type": "file", "file": {"path": str(log)}}]),
+    )
+    now = int(time.time())
+    tok = jwt.encode({"sub": "carol@example.com", "iat": now, "exp": now + 600}, secret, algorithm="HS256")
+    with httpx.Client(base_url=gw.url) as c:
+        assert c.get("/s/x", headers={"authorization": f"Bearer {tok}"}).status_code == 200
+    gw.stop()
+    access = [e for e in read_events(log) if e["event_type"] == "request_completed"]
+    assert access[0]["user"] == "c***@example.com"  # the user id, redacted like any e-mail
