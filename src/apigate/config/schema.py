@@ -26,6 +26,13 @@ _KEY_TYPE = re.compile(r"^(ip|user|route|api_key|header:[!#$%&'*+.^_`|~0-9A-Za-z
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+def _check_id(v: str) -> str:
+    """Upstream and route ids: metric label values and log fields, so short and plain."""
+    if not _ID.match(v):
+        raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-'")
+    return v
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -393,12 +400,7 @@ class UpstreamConfig(Section):
     verify_tls: bool = Field(True, description="Verify an https upstream's certificate.")
     ca_path: str | None = Field(None, description="PEM CA bundle for an https upstream.")
 
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        if not _ID.match(v):
-            raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-'")
-        return v
+    _id = field_validator("id")(_check_id)
 
     @field_validator("base_url")
     @classmethod
@@ -430,12 +432,7 @@ class RouteConfig(Section):
     strip_prefix: bool = Field(False, description="Remove the route's literal prefix before forwarding.")
     rewrite: str | None = Field(None, description="Upstream path template; {param} and {*} are filled in.")
 
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        if not _ID.match(v):
-            raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-'")
-        return v
+    _id = field_validator("id")(_check_id)
 
     @field_validator("required_scopes")
     @classmethod
