@@ -1,7 +1,8 @@
 """Outage: every remote sink is down for 60 s while 50,000 events are produced, and the
 gateway is restarted once in between. After recovery every event must have arrived in
 Elasticsearch, Splunk and CloudWatch, none twice in Elasticsearch (by `_id`); the test
-prints losses and duplicates per sink.
+prints losses and duplicates per sink (CloudWatch has no id to deduplicate on: a re-sent
+batch would show as duplicates, reported, not asserted).
 
 The three sinks run in parallel in this one test (the machine is small). Events are the
 access events of 404 answers (always logged), each request carrying its own X-Request-ID,
@@ -157,6 +158,17 @@ def test_outage_with_restart_loses_nothing(
     send_requests(gw.port, ids[:BEFORE_OUTAGE])
     assert wait_until(lambda: len(es.docs) >= BEFORE_OUTAGE, 30, 0.2), len(es.docs)
 
+    # CloudWatch too is up (group and stream created, first batches in) before it goes down.
+    def cw_count() -> int:
+        from botocore.exceptions import ClientError
+
+        try:
+            return len(cloudwatch_ids(moto_url))
+        except ClientError:  # the sink has not created the group yet
+            return 0
+
+    assert wait_until(lambda: cw_count() >= BEFORE_OUTAGE, 60, 0.5), cw_count()
+
     es.down()
     hec.down()
     moto.stop()
@@ -193,9 +205,9 @@ def test_outage_with_restart_loses_nothing(
         delivered_at = time.monotonic()
         # moto serves PutLogEvents from this test process: reading every event back is
         # heavy and competes with it for the GIL, so look only once the spools are drained,
-        # and not too often (a loaded machine delivered the last CloudWatch batches > 2 min late).
+        # and not too often.
         cw: list[str] = []
-        deadline = time.monotonic() + 60  # reported, not asserted (below): do not wait long
+        deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
             if not any((tmp_path / "spool").rglob("*.spool")):
                 cw = cloudwatch_ids(moto_url)
@@ -227,11 +239,11 @@ def test_outage_with_restart_loses_nothing(
             report[sink] = (lost, dups)
             print(f"{sink:<14}{len(got):>10}{lost:>8}{dups:>12}")
         print(f"elasticsearch re-sends answered 409: {es.conflicts}; overwrites: {es.overwrites}")
-        # CloudWatch (moto) is reported but not asserted: on a loaded machine whole batches
-        # (up to 10,000 events) went missing after the restart, an open bug of the
-        # CloudWatch sink's outage path (see the session's closing note). The other sinks
-        # must lose nothing.
-        assert all(lost == 0 for sink, (lost, _) in report.items() if sink != "cloudwatch"), report
+        # No sink loses anything. (CloudWatch lost whole batches here once: the restarted
+        # gateway produced faster than its sink's first open() took, and the full queue
+        # dropped its oldest although a spool was there; test_logs_sinks.py has the
+        # focused regression test.)
+        assert all(lost == 0 for lost, _ in report.values()), report
         assert report["elasticsearch"][1] == 0 and es.overwrites == 0
         assert report["file"][1] == 0
         assert es.protocol_errors == [] and hec.protocol_errors == []

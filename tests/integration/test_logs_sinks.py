@@ -4,9 +4,13 @@ and CloudWatch against moto's server mode with the real AWS client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -265,6 +269,106 @@ def test_cloudwatch_rejected_events_are_counted(moto_url: str) -> None:
     got = cw_messages(moto_url, "/aws/api-gateway/rejects", "gw")
     assert sorted(str(e["event_id"]) for e in got) == sorted(f"id-{i}" for i in range(3, 10))
     assert sink.stats.dropped[names.DROP_REJECTED] == 3 and sink.stats.events == 7
+
+
+class HeldRelay:
+    """A loopback TCP relay to moto that holds every connection until `release` is set:
+    an endpoint that answers late (a loaded or half-reachable CloudWatch), so the sink
+    sits in its first `open()` for as long as the test wants."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.release = threading.Event()
+        self.accepted = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def _serve(self, conn: socket.socket) -> None:
+        self.release.wait()
+        conn.settimeout(None)
+        with conn, socket.create_connection(("127.0.0.1", self.target_port)) as up:
+            back = threading.Thread(target=self._pipe, args=(up, conn), daemon=True)
+            back.start()
+            self._pipe(conn, up)
+            back.join(30)
+
+    def close(self) -> None:
+        self._closed = True
+        self.release.set()
+        self._sock.close()
+
+
+def test_cloudwatch_full_queue_goes_to_the_spool_while_open_hangs(moto_url: str, tmp_path: Path) -> None:
+    """Regression (outage test, whole batches lost after a restart): the sink's first
+    `open()` (botocore client, CreateLogGroup) took seconds while the gateway produced
+    faster than that, the 20,000-event queue overflowed and dropped the oldest although a
+    spool was there. Full, the queue now moves to the spool; nothing is lost or doubled."""
+    group, n = "/aws/api-gateway/held", 3000
+    relay = HeldRelay(int(moto_url.rsplit(":", 1)[1]))
+    cfg = CloudWatchConfig(
+        region="us-east-1",
+        log_group=group,
+        log_stream="gw",
+        batch_size=100,
+        flush_interval_secs=0.05,
+        endpoint_url=relay.url,
+    )
+    sink = CloudWatchSink("cloudwatch", 20, cfg)
+    sink.queue_max = 500
+    sink.attach_spool(tmp_path / "spool", 1 << 24)
+    now = time.time()
+
+    async def scenario() -> None:
+        sink.start()
+        try:
+            for _ in range(200):  # until the first open() is waiting on the relay
+                if relay.accepted:
+                    break
+                await asyncio.sleep(0.05)
+            assert relay.accepted, "the sink never reached the endpoint"
+            for i in range(n):
+                sink.offer(rec(i, now + i / 1000))
+                if i % 100 == 99:
+                    await asyncio.sleep(0.001)  # the pump's rhythm: the loop turns meanwhile
+            assert sink.stats.dropped[names.DROP_QUEUE_FULL] == 0, sink.stats
+            assert sink.spool_bytes > 0 and sink.stats.events == 0
+        finally:
+            relay.release.set()  # also on failure: the held request would hold the loop's exit
+        end = time.monotonic() + 30
+        while sink.stats.events < n and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        await sink.close(2)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        relay.close()
+    assert sink.stats.events == n and sum(sink.stats.dropped.values()) == 0, sink.stats
+    got = [str(e["event_id"]) for e in cw_messages(moto_url, group, "gw")]
+    assert got == [f"id-{i}" for i in range(n)]  # all, once each, in order
+    assert sink.spool_bytes == 0
 
 
 def test_es_api_key_auth() -> None:

@@ -84,6 +84,50 @@ def test_queue_is_bounded_drops_oldest_and_counts() -> None:
     assert s.stats.dropped[names.DROP_QUEUE_FULL] == 3
 
 
+class GatedSink(MemorySink):
+    """A MemorySink whose sends wait for `gate`: a slow open or a send stuck until its timeout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def send(self, batch: list[Record]) -> list[Record]:
+        await self.gate.wait()
+        return await super().send(batch)
+
+
+def test_full_queue_moves_to_the_spool_while_a_send_is_stuck(tmp_path: Path) -> None:
+    """The queue bound is not a loss while the sink has a spool, whatever its task is
+    doing; the batch that was out when the queue overflowed, failing, is still sent first."""
+
+    async def scenario() -> None:
+        s = GatedSink()
+        s.queue_max = 20
+        s.attach_spool(tmp_path / "spool", 1 << 20)
+        s.start()
+        for i in range(10):
+            s.offer(rec(i))
+        await asyncio.sleep(0.05)  # e0..e9 are out, the send hangs
+        for i in range(10, 60):
+            s.offer(rec(i))
+        assert s.stats.dropped[names.DROP_QUEUE_FULL] == 0
+        assert s.spool_bytes > 0 and len(s.queue) <= s.queue_max
+        s.up = False
+        s.gate.set()  # the stuck send fails: e0..e9 are retried, ahead of the spool
+        await asyncio.sleep(0.1)
+        assert s.down
+        s.up = True
+        for _ in range(200):
+            if len(s.got) >= 60:
+                break
+            await asyncio.sleep(0.05)
+        await s.close(1)
+        assert s.got == [f"e{i}" for i in range(60)]
+        assert sum(s.stats.dropped.values()) == 0 and s.spool_bytes == 0
+
+    asyncio.run(scenario())
+
+
 def test_down_sink_spools_then_delivers_in_order(tmp_path: Path) -> None:
     async def scenario() -> None:
         s = MemorySink()

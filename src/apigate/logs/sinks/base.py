@@ -1,8 +1,11 @@
 """What every sink shares: a bounded queue, batching, retry with backoff, the disk spool.
 
-Kong's log phase, per sink: the request path only appends to a bounded in-memory queue
-(full: the oldest event is dropped and counted). A background task takes batches of
-`batch_size` (or whatever is there after `flush_interval`) and hands them to `send()`.
+Kong's log phase, per sink: the request path only appends to a bounded in-memory queue.
+Full, the queue moves to the disk spool when the sink has one (whatever the background
+task is doing: a first `open()` or a `send()` can take seconds, and the producer does not
+wait for it); without a spool the oldest event is dropped and counted. A background task
+takes batches of `batch_size` (or whatever is there after `flush_interval`) and hands them
+to `send()`.
 
 - `send()` raises `SinkUnavailable` when the whole batch can be retried later (network
   down, 429, 5xx): the sink is marked down, the batch and the queue move to the disk
@@ -13,6 +16,8 @@ Kong's log phase, per sink: the request path only appends to a bounded in-memory
 - Records refused for good are counted as dropped (`rejected`) inside `send()`.
 - While the spool holds anything, new events go behind it, so delivery stays in order;
   it is drained first when the sink is back (also by a new process after a restart).
+  Retries are older than anything in the spool and are sent before it; they join the
+  spool only when it is empty (or at exit).
 - `close(deadline)` (SIGTERM) sends what is queued until the deadline and spools the rest.
 
 Without a spool directory (not creatable), a down sink keeps its events in memory up to
@@ -102,9 +107,10 @@ class Sink:
         return len(self.queue) + len(self.retry)
 
     def offer(self, record: Record) -> None:
-        """Enqueue (never blocks): full means the oldest event goes, counted."""
+        """Enqueue (never waits for the sink): full, the queue moves to the spool; without
+        one, the oldest event goes, counted."""
         q = self.queue
-        if len(q) >= self.queue_max:
+        if len(q) >= self.queue_max and not self._overflow():
             q.popleft()
             self.stats.dropped[names.DROP_QUEUE_FULL] += 1
         q.append(record)
@@ -130,12 +136,34 @@ class Sink:
         with contextlib.suppress(Exception):
             await self.close_backend()
 
+    def _overflow(self) -> bool:
+        """The queue is full: move it behind the spool. False when there is no spool to
+        take it (the caller drops the oldest). The background task may be anywhere (in a
+        slow first `open()`, in a `send()` up to its timeouts) and still the producer
+        loses nothing while the spool has room."""
+        if self.spool is None or not self.uses_spool:
+            return False
+        try:
+            self._count_spool_drops(self.spool.append(list(self.queue)))
+        except OSError:
+            self.stats.errors += 1
+            return False
+        self.queue.clear()
+        return True
+
     def _spill(self, final: bool = False) -> None:
-        """Move retries and the queue behind the spool (or count them lost when final)."""
-        records = self.retry + list(self.queue)
+        """Move retries and the queue behind the spool (or count them lost when final).
+
+        Retries are older than whatever the spool holds (a batch is taken from the queue
+        only while the spool is empty; the queue may overflow into the spool while that
+        batch is out): with a non-empty spool they stay in memory, where `_run` sends them
+        first, so the order holds. At exit they go behind it."""
+        keep_retry = not final and self.spool is not None and self.uses_spool and bool(self.spool)
+        records = ([] if keep_retry else self.retry) + list(self.queue)
         if not records:
             return
-        self.retry = []
+        if not keep_retry:
+            self.retry = []
         self.queue.clear()
         if self.spool is not None and self.uses_spool:
             try:
@@ -212,6 +240,8 @@ class Sink:
                 from_spool = True
             else:
                 await self._wait_for_batch()
+                if spool is not None and spool:
+                    continue  # the queue overflowed into the spool meanwhile: it goes first
                 if self._stopping and not self.queue and not self.retry:
                     return
                 batch = self._take(self.batch_size)
