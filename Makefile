@@ -22,7 +22,10 @@ PYTEST_ARGS ?=
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
 
+# The hot modules are compiled with mypyc next to their sources (src/apigate/_native.py);
+# a no-op when the build is newer than every source, a rebuild after any edit.
 install: $(STAMP)
+	@$(BIN)/python scripts/build_native.py
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "apigate needs Python >= 3.11, $(PYTHON) is " + sys.version.split()[0])'
@@ -58,6 +61,7 @@ bench: install
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
+	find src -name '*.so' -delete
 	find src tests -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Also removes the virtualenv (the next `make install` recreates it).

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import uvloop
 
-from apigate import __version__
+from apigate import NATIVE, __version__
 from apigate.auth.cli import add_commands as add_auth_commands
 from apigate.config import ConfigError, load_config, summarize
 from apigate.config.schema import Config
@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="apigate", description="apigate: an API gateway (routing, auth, rate limits, metrics, logs)."
     )
-    parser.add_argument("--version", action="version", version=f"apigate {__version__}")
+    build = "compiled data plane" if NATIVE else "pure Python"
+    parser.add_argument("--version", action="version", version=f"apigate {__version__} ({build})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("serve", help="run the gateway", description="Run the gateway until SIGTERM/SIGINT.")
     _add_config(p)

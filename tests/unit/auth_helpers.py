@@ -20,6 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cycles import request_context
 
 from apigate.auth.filter import AuthFilter
 from apigate.config.schema import Config
@@ -136,16 +137,6 @@ def config(auth: dict[str, Any] | None = None, routes: list[dict[str, Any]] | No
     )
 
 
-class Cycle:
-    """The part of a RequestCycle that filters touch."""
-
-    method = "GET"
-    client = "127.0.0.1"
-
-    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
-        self.headers = headers
-
-
 class Harness:
     """An AuthFilter and the router of its config; `request()` runs on_request once."""
 
@@ -157,7 +148,7 @@ class Harness:
 
     def context(self, path: str = "/api/users", headers: dict[str, str] | None = None) -> RequestContext:
         raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-        ctx = RequestContext(Cycle([(b"host", b"gw.test"), *raw]), path, b"", self.clock)  # type: ignore[arg-type]
+        ctx = request_context(path, [(b"host", b"gw.test"), *raw], start=self.clock)
         ctx.request_id = "req-1"
         match = self.router.match("GET", path)
         assert isinstance(match, tuple), match

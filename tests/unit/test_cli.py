@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apigate import __version__
+from apigate import NATIVE, __version__
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,8 @@ def apigate(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_version() -> None:
     out = apigate("--version")
     assert out.returncode == 0
-    assert out.stdout.strip() == f"apigate {__version__}"
+    build = "compiled data plane" if NATIVE else "pure Python"
+    assert out.stdout.strip() == f"apigate {__version__} ({build})"
 
 
 @pytest.mark.parametrize("command", ["serve", "check", "demo"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any
+
+from cycles import request_context
 
 from apigate.gateway.context import RequestContext
 from apigate.gateway.filters import Filter, FilterChain, RequestOutcome, Response
@@ -38,7 +40,7 @@ class Recorder(Filter):
         self.log.append(f"done:{self.name}")
 
 
-CTX = cast(RequestContext, object())
+CTX = request_context()
 
 
 def test_requests_run_by_descending_priority_and_responses_in_reverse() -> None:

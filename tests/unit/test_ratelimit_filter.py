@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from cycles import request_context
 from pydantic import ValidationError
 
 from apigate.config.checks import config_warnings
@@ -40,14 +41,6 @@ def config(
     )
 
 
-class Cycle:
-    method = "GET"
-
-    def __init__(self, client: str, headers: list[tuple[bytes, bytes]]) -> None:
-        self.client = client
-        self.headers = headers
-
-
 class Harness:
     def __init__(self, cfg: Config, **kwargs: Any) -> None:
         self.filter = RateLimitFilter(cfg, **kwargs)
@@ -57,7 +50,7 @@ class Harness:
         self, path: str, client: str = "10.0.0.1", user: str | None = None, **headers: str
     ) -> RequestContext:
         raw = [(k.replace("_", "-").lower().encode(), v.encode()) for k, v in headers.items()]
-        ctx = RequestContext(Cycle(client, raw), path, b"", 0.0)  # type: ignore[arg-type]
+        ctx = request_context(path, raw, client=client)
         ctx.request_id = "req-1"
         match = self.router.match("GET", path)
         assert isinstance(match, tuple)

@@ -12,19 +12,20 @@ if TYPE_CHECKING:
     from apigate.http.server import RequestCycle
 
 _NO_HEADERS: Headers = []  # shared default; filters assign a new list, never append to this
+_NO_PARAMS: dict[str, str] = {}
 
 
 class RequestContext:
     """Everything known about one request, from arrival to the access-log event.
 
-    Defaults live on the class so that building a context costs only the fields that
-    every request sets (no __slots__ on purpose: this is on the per-request path).
+    Defaults live on the class so that, interpreted, building a context costs only the
+    fields every request sets; compiled (mypyc) it is a C struct either way.
     """
 
     request_id = ""
     request_id_b = b""  # the same, encoded once for headers
     route: Route | None = None
-    params: dict[str, str] = {}  # read-only default
+    params: dict[str, str]
     status = 0
     error: str | None = None  # gateway error code, when the gateway answered itself
     upstream_id: str | None = None
@@ -32,8 +33,9 @@ class RequestContext:
     upstream_failure: str | None = None  # connect, timeout, reset, bad_response
     user: str | None = None
     claims: dict[str, Any] | None = None
-    response_headers: Headers = _NO_HEADERS  # added to every response by filters
+    response_headers: Headers  # added to every response by filters
     completed = False
+    trace_spans: tuple[Any, Any] | None = None  # (server span, client span) when tracing
     chain: FilterChain
 
     def __init__(self, cycle: RequestCycle, path: str, query: bytes, start: float) -> None:
@@ -43,6 +45,8 @@ class RequestContext:
         self.query = query  # raw query string, with its leading '?', or b""
         self.client_ip = cycle.client
         self.start = start
+        self.params = _NO_PARAMS  # read-only default
+        self.response_headers = _NO_HEADERS
 
     def add_response_header(self, name: bytes, value: bytes) -> None:
         if self.response_headers is _NO_HEADERS:

@@ -26,7 +26,9 @@ import os
 import secrets
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import ClassVar, TypeAlias
+
+from mypy_extensions import mypyc_attr
 
 from apigate.gateway.context import RequestContext
 from apigate.gateway.errors import error_body, error_headers
@@ -78,9 +80,12 @@ class Response:
 RequestOutcome: TypeAlias = Response | Awaitable[Response | None] | None
 
 
+# Compiled, it stays open to subclasses in interpreted modules (auth, rate limits, metrics,
+# logs); `name` and `priority` are class-level so that their class attributes override them.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Filter:
-    name = "filter"
-    priority = 0
+    name: ClassVar[str] = "filter"
+    priority: ClassVar[int] = 0
 
     def applies_to(self, route: Route | None) -> bool:
         """Whether this filter runs for a route (None: requests that matched no route)."""

@@ -426,9 +426,9 @@ class Proxy:
                     and sent_size <= REPLAY_MAX_BYTES
                     and _retryable(exchange, reused)
                 ):
-                    retried = True
-                    continue
-                raise error
+                    retried = True  # and round the loop again, on a fresh connection
+                else:
+                    raise error
             finally:
                 pool.release(conn, ok)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from apigate.config.schema import RouteConfig
@@ -23,21 +23,39 @@ if TYPE_CHECKING:
     from apigate.gateway.filters import FilterChain
 
 
-@dataclass(eq=False)
 class Route:
-    config: RouteConfig
-    id: str
-    upstream_id: str
-    methods: frozenset[str]
-    pattern: re.Pattern[str] | None  # None for an exact path
-    prefix: str  # the literal part before '/*' (or the whole exact path)
-    wildcard: bool
-    specificity: tuple[int, int, int, int]
-    index: int
-    rewrite: str | None
-    strip_prefix: bool
-    passthrough: bool  # the upstream gets the request's own path (no rewrite, no strip)
-    chain: FilterChain = field(default=None)  # type: ignore[assignment]  # set by the app
+    """One compiled route; `chain` is set by the app once the filters are built."""
+
+    chain: FilterChain
+
+    def __init__(
+        self,
+        *,
+        config: RouteConfig,
+        id: str,
+        upstream_id: str,
+        methods: frozenset[str],
+        pattern: re.Pattern[str] | None,  # None for an exact path
+        prefix: str,  # the literal part before '/*' (or the whole exact path)
+        wildcard: bool,
+        specificity: tuple[int, int, int, int],
+        index: int,
+        rewrite: str | None,
+        strip_prefix: bool,
+        passthrough: bool,  # the upstream gets the request's own path (no rewrite, no strip)
+    ) -> None:
+        self.config = config
+        self.id = id
+        self.upstream_id = upstream_id
+        self.methods = methods
+        self.pattern = pattern
+        self.prefix = prefix
+        self.wildcard = wildcard
+        self.specificity = specificity
+        self.index = index
+        self.rewrite = rewrite
+        self.strip_prefix = strip_prefix
+        self.passthrough = passthrough
 
     def upstream_path(self, path: str, params: dict[str, str]) -> str:
         """The path sent upstream (before the upstream's base path is prepended)."""

@@ -16,7 +16,7 @@ import asyncio
 import enum
 import ssl
 from collections.abc import Callable
-from typing import Protocol
+from typing import ClassVar, Protocol
 from urllib.parse import urlsplit
 
 import httptools
@@ -29,10 +29,13 @@ POOL_IDLE_TIMEOUT_S = 30.0
 
 
 class UpstreamError(Exception):
-    """A failure talking to an upstream; `reason` is the metrics label."""
+    """A failure talking to an upstream; `reason` is the metrics label.
 
-    reason = "bad_response"
-    code = "bad_gateway"
+    Class-level (ClassVar), so that compiled, subclasses override them as in plain Python.
+    """
+
+    reason: ClassVar[str] = "bad_response"
+    code: ClassVar[str] = "bad_gateway"
 
 
 class ConnectFailed(UpstreamError):
@@ -84,7 +87,10 @@ class ConnState(enum.Enum):
     CLOSED = "closed"
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
+    """One keep-alive connection to an upstream (an asyncio protocol by its methods, like
+    HttpServerProtocol, so that it compiles to a native class)."""
+
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.loop = pool.loop
@@ -343,7 +349,8 @@ class UpstreamPool:
             factory: Callable[[], UpstreamConnection] = lambda: UpstreamConnection(self)  # noqa: E731
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    _, conn = await self.loop.create_connection(
+                    # A protocol by duck typing (see the class), which typeshed's bound rejects.
+                    _, conn = await self.loop.create_connection(  # type: ignore[type-var]
                         factory,
                         self.host,
                         self.port,

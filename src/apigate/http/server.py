@@ -229,8 +229,12 @@ class RequestCycle:
             self.proto.write(CONTINUE_100)
 
 
-class HttpServerProtocol(asyncio.Protocol):
-    """A client connection: parser callbacks in, request cycles out."""
+class HttpServerProtocol:
+    """A client connection: parser callbacks in, request cycles out.
+
+    An asyncio protocol by its methods, not by inheritance: a subclass of the interpreted
+    asyncio.Protocol could not be a native class once compiled (see apigate/_native.py).
+    """
 
     def __init__(self, handler: Handler, state: ServerState, scheme: str = "http") -> None:
         # global

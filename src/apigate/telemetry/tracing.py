@@ -153,11 +153,11 @@ class TracingFilter(Filter):
             if sc.trace_state:
                 headers.append((TRACESTATE, sc.trace_state.to_header().encode("latin-1")))
             cycle.headers = headers
-        ctx.__dict__["trace_spans"] = (server, client)
+        ctx.trace_spans = (server, client)
         return None
 
     def on_complete(self, ctx: RequestContext) -> None:
-        spans: tuple[Any, Any] | None = ctx.__dict__.get("trace_spans")
+        spans = ctx.trace_spans
         if spans is None:
             return
         server, client = spans
