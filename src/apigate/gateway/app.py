@@ -92,7 +92,7 @@ class App:
             cycle.complete()
             return
         path, query = target
-        ctx = RequestContext(cycle, path, query, self.loop.time())
+        ctx = RequestContext(cycle, path, query, cycle.start)
         match = self.router.match(cycle.method, path)
         if type(match) is tuple:
             ctx.route = route = match[0]

@@ -20,13 +20,12 @@ The proxy is the terminal step after the chain; the listener knows nothing of fi
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import secrets
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeAlias
+from typing import ClassVar, Final, TypeAlias
 
 from mypy_extensions import mypyc_attr
 
@@ -37,29 +36,36 @@ from apigate.http.headers import X_REQUEST_ID, Headers, is_sane_request_id
 
 log = logging.getLogger("apigate.filters")
 
-_id_prefix = ""
-_id_counter = itertools.count(1)
-
-
-def _new_id_prefix() -> None:
-    """76 random bits per process, in UUID4 layout; renewed in every forked worker."""
-    global _id_prefix, _id_counter
-    r = secrets.token_hex(10)
-    _id_prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{'89ab'[int(r[16], 16) & 3]}{r[17:20]}-"
-    _id_counter = itertools.count(1)
-
-
-_new_id_prefix()
-os.register_at_fork(after_in_child=_new_id_prefix)
-
-
-def new_request_id() -> str:
-    """A UUID-shaped id: a random per-process prefix, then a 48-bit counter.
+class _RequestIds:
+    """UUID-shaped ids: 76 random bits per process in UUID4 layout, then a 48-bit counter.
 
     Unique across processes and restarts like a UUID4, at a fraction of uuid4()'s cost
     (no syscall, no 128-bit formatting) on the request path.
     """
-    return _id_prefix + "%012x" % (next(_id_counter) & 0xFFFFFFFFFFFF)
+
+    def __init__(self) -> None:
+        self.prefix = ""
+        self.count = 0
+        self.renew()
+
+    def renew(self) -> None:
+        """A new prefix; called again in every forked worker."""
+        r = secrets.token_hex(10)
+        self.prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{'89ab'[int(r[16], 16) & 3]}{r[17:20]}-"
+        self.count = 0
+
+    def next(self) -> str:
+        self.count = n = (self.count + 1) & 0xFFFFFFFFFFFF
+        # hex() of n with a 49th bit set, less '0x1': 12 zero-padded digits, cheaper than '%012x'.
+        return self.prefix + hex(n | 0x1000000000000)[3:]
+
+
+_IDS: Final = _RequestIds()
+os.register_at_fork(after_in_child=_IDS.renew)
+
+
+def new_request_id() -> str:
+    return _IDS.next()
 
 
 @dataclass
@@ -174,7 +180,7 @@ class CorrelationFilter(Filter):
             ctx.request_id_b = given
             ctx.request_id = cycle.request_id = given.decode("ascii")
         else:
-            ctx.request_id = cycle.request_id = rid = new_request_id()
+            ctx.request_id = cycle.request_id = rid = _IDS.next()
             ctx.request_id_b = rid.encode("ascii")
         return None
 

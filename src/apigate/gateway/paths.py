@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import re
 
-# A path that needs no normalisation: segments that do not start with '.', no '%', no
-# empty segments. One regex call decides the common case.
-_CLEAN_PATH = re.compile(rb"(?:/[^/%.?#\x00-\x20][^/%?#\x00-\x20]*)*/?").fullmatch
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
 
@@ -24,7 +21,10 @@ def split_target(target: bytes) -> tuple[str, bytes] | None:
         raw, query = target[:q], target[q:]
     else:
         raw, query = target, b""
-    if _CLEAN_PATH(raw) is not None:
+    # The common case: an origin-form path with nothing to normalise (no '%', no segment
+    # starting with '.', no empty segment). llhttp has already refused control characters
+    # and spaces in the target.
+    if raw[:1] == b"/" and b"%" not in raw and b"/." not in raw and b"//" not in raw:
         return raw.decode("latin-1"), query
     if not raw.startswith(b"/"):
         # absolute-form (RFC 9112 §3.2.2): keep only the path.

@@ -130,7 +130,7 @@ class RequestCycle:
         keep_alive: bool,
         content_length: int | None,
         body: BodyReader | None,
-        deadline: float,
+        start: float,
     ) -> None:
         self.proto = proto
         self.method = method
@@ -141,7 +141,8 @@ class RequestCycle:
         self.content_length = content_length
         self.body = body
         self.client: str = proto.client_ip
-        self.deadline = deadline
+        self.start = start  # loop time when its request line began to arrive
+        self.deadline = start + proto.limits.request_timeout
         self.request_complete = body is None
         self.write_body = method != "HEAD"
 
@@ -425,7 +426,7 @@ class HttpServerProtocol:
             parser.should_keep_alive() and not self.state.draining,
             None if chunked else content_length,
             body,
-            self.request_start + self.limits.request_timeout,
+            self.request_start,
         )
         if expect:
             cycle.expect_continue = True
@@ -555,12 +556,19 @@ class HttpServerProtocol:
         out = self.out
         self.out = None
         if out and not self.closing:
-            if len(out) == 1:
+            n = len(out)
+            if n == 1:
                 self.transport.write(out[0])
-            elif sum(map(len, out)) <= UNCORK_JOIN_MAX:
-                self.transport.write(b"".join(out))
+            elif n == 2 and len(out[0]) + len(out[1]) <= UNCORK_JOIN_MAX:
+                self.transport.write(out[0] + out[1])  # the usual pair: head, small body
             else:
-                self.transport.writelines(out)
+                size = 0
+                for chunk in out:
+                    size += len(chunk)
+                if size <= UNCORK_JOIN_MAX:
+                    self.transport.write(b"".join(out))
+                else:
+                    self.transport.writelines(out)
 
     # ------------------------------------------------------------------ flow control
     def pause_reading(self) -> None:
