@@ -36,6 +36,7 @@ from apigate.http.headers import X_REQUEST_ID, Headers, is_sane_request_id
 
 log = logging.getLogger("apigate.filters")
 
+
 class _RequestIds:
     """UUID-shaped ids: 76 random bits per process in UUID4 layout, then a 48-bit counter.
 
