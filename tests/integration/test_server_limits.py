@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 
@@ -17,6 +18,7 @@ from harness import (
     Conn,
     Gateway,
     GatewayFactory,
+    MiB,
     RawConn,
     Response,
     ScriptedUpstream,
@@ -291,3 +293,61 @@ def test_body_at_max_body_bytes_passes(gw_small: Gateway) -> None:
         c.send(b"POST /api/echo/b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
         c.send(b"3e8\r\n" + b"e" * 1000 + b"\r\n0\r\n\r\n")
         assert c.read_response().json()["body_length"] == 1000
+
+
+def _upload_while_reading(
+    port: int, head: bytes, body_size: int, pace: float = 0.0
+) -> tuple[Response, BaseException | None]:
+    """Send `head` and a body of `body_size` bytes from a thread, as clients do (the whole
+    request first), while this thread reads the answer that comes early."""
+    sent: list[BaseException | None] = [None]
+    with RawConn(port, timeout=15) as c:
+
+        def upload() -> None:
+            try:
+                c.send(head)
+                chunk = b"u" * 65536
+                for _ in range(body_size // len(chunk)):
+                    c.send(chunk)
+                    time.sleep(pace)
+            except OSError as e:
+                sent[0] = e
+
+        t = threading.Thread(target=upload, daemon=True)
+        t.start()
+        r = c.read_response()
+        t.join(20)
+        assert c.closed_by_peer(15)
+    return r, sent[0]
+
+
+def test_413_reaches_a_client_that_keeps_sending_its_body(gw_small: Gateway) -> None:
+    # Answered after the head; the client still pushes 8 MiB. Lingering close: the gateway
+    # half-closes and discards the rest instead of resetting the connection, which could
+    # destroy the 413 before the client reads it.
+    size = 8 * MiB
+    head = b"POST /api/echo/big HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size
+    r, err = _upload_while_reading(gw_small.port, head, size)
+    assert_error(r, 413, "payload_too_large")
+    assert err is None, f"the upload was reset: {err!r}"
+
+
+def test_upstream_answer_before_the_upload_ends_reaches_the_client(
+    gateway: GatewayFactory, scripted: Callable[..., ScriptedUpstream]
+) -> None:
+    async def deny(req: UpRequest, conn: Conn) -> bool:
+        await conn.respond(401, b'{"error":"no"}', [("Content-Type", "application/json")])
+        # Then drain what the gateway still sends (a careful upstream lingers too), and close.
+        while await conn.reader.read(65536):
+            pass
+        return False
+
+    up = scripted(deny, read_body=False)
+    gw = gateway({"up": up.url})
+    size = 8 * MiB
+    head = b"PUT /upload HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size
+    # Paced so that most of the body is still to come when the answer arrives.
+    r, err = _upload_while_reading(gw.port, head, size, pace=0.005)
+    assert r.status == 401
+    assert r.body == b'{"error":"no"}'
+    assert err is None, f"the upload was reset: {err!r}"

@@ -8,6 +8,7 @@ from pathlib import Path
 from apigate.config.schema import ServerConfig, UpstreamConfig
 from apigate.gateway.errors import ERRORS
 from apigate.http.headers import HOP_BY_HOP
+from apigate.http.server import LINGER_IDLE_S, LINGER_MAX_S
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "HTTP.md").read_text()
 
@@ -34,3 +35,9 @@ def test_timeout_settings_exist() -> None:
     for scope, key in keys:
         model = ServerConfig if scope == "server" else UpstreamConfig
         assert key in model.model_fields, f"{scope}.{key}"
+
+
+def test_lingering_close_figures_are_the_code_constants() -> None:
+    text = section("Errors the gateway produces")
+    assert f"LINGER_IDLE_S ({LINGER_IDLE_S:g} s)" in text
+    assert f"LINGER_MAX_S ({LINGER_MAX_S:g} s)" in text

@@ -44,6 +44,11 @@ UNCORK_JOIN_MAX = 256 * 1024  # corked writes up to this size are joined, larger
 MAX_PIPELINED = 32  # queued requests per connection before reading pauses
 _NOTED = frozenset({CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, X_REQUEST_ID, HOST})
 INF = float("inf")
+# Lingering close (nginx's lingering_close): after an answer given while the client was
+# still sending, read and discard for a while before closing, else the kernel answers
+# the unread bytes with a reset that can destroy the answer in the client's buffers.
+LINGER_IDLE_S = 2.0  # close once the client has been silent this long
+LINGER_MAX_S = 10.0  # and in any case this long after the answer
 
 
 class FlowTarget(Protocol):
@@ -251,6 +256,8 @@ class HttpServerProtocol:
         self.client_ip = ""
         self.client_ip_b = b""
         self.closing = False
+        self.lingering = False  # answered and half-closed: discarding what the client still sends
+        self.linger_until = 0.0
         self.read_paused = False
         self.write_paused = False
         self.active: RequestCycle | None = None
@@ -301,6 +308,8 @@ class HttpServerProtocol:
             cycle.complete()
 
     def eof_received(self) -> bool | None:
+        if self.closing:
+            return None  # lingering, or closing anyway: the transport closes now
         # A client may half-close after its last request (`shutdown(SHUT_WR)`); keep the
         # write side open to answer what is in flight, then close.
         if self.active is not None:
@@ -315,6 +324,8 @@ class HttpServerProtocol:
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
+            if self.lingering:
+                self.last_activity = self.loop.time()
             return
         if self.in_headers:
             # A read inside an unfinished head. llhttp reports a header only once it is
@@ -497,7 +508,7 @@ class HttpServerProtocol:
                 active.send_error(code, active.request_id)
             active.cancel()
             active.complete()
-            self._close()
+            self._close(linger=True)
             return
         elif active is None and not self.pipeline:
             status, body = error_body(code, None)
@@ -511,14 +522,37 @@ class HttpServerProtocol:
             self.parsing = None
             self.pause_reading()
             return
-        self._close()
+        self._close(linger=True)
 
-    def _close(self) -> None:
+    def _close(self, linger: bool = False) -> None:
+        """Close; `linger` when the client may still be sending (after a protocol error)."""
         if not self.closing:
             if self.out:
                 self.uncork()
             self.closing = True
-            self.transport.close()
+            active = self.active
+            unread = (
+                linger
+                or self.parsing is not None
+                or self.in_headers
+                or (active is not None and not active.request_complete)
+            )
+            if unread and self.transport.can_write_eof():
+                self._linger()
+            else:
+                self.transport.close()
+
+    def _linger(self) -> None:
+        """Half-close after the answer, discard the rest of the request, then close."""
+        self.lingering = True
+        now = self.loop.time()
+        self.last_activity = now
+        self.linger_until = now + LINGER_MAX_S
+        self.transport.write_eof()  # FIN once the answer has left
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self._arm(now + LINGER_IDLE_S)
 
     def abort_response(self) -> None:
         """The response broke after it started: closing is the only way to tell the client."""
@@ -597,6 +631,13 @@ class HttpServerProtocol:
         self.watchdog = None
         self.watch_at = INF
         if self.closing:
+            if self.lingering:
+                now = self.loop.time()
+                idle_end = self.last_activity + LINGER_IDLE_S
+                if now >= idle_end or now >= self.linger_until:
+                    self.transport.close()
+                else:
+                    self._arm(min(idle_end, self.linger_until))
             return
         now = self.loop.time()
         cycle = self.active
