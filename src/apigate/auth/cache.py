@@ -4,7 +4,7 @@ An entry lives `ttl_secs`, but never past the token's own `exp`: the cache may o
 work, never extend a token's life. Sessions are cached the same way, which is why a
 revoked session keeps working for up to `ttl_secs` (docs/CONFIGURATION.md says so).
 
-Deadlines are on the event loop's monotonic clock (the request's `ctx.start`), so a hit
+Deadlines are on the request clock (CLOCK_MONOTONIC, the request's `ctx.start`), so a hit
 costs no clock read; `exp` is converted once, when the entry is made. `max_capacity`
 bounds memory: when full, the oldest entry goes (insertion order, which for one ttl is
 also expiry order). Only verified tokens get in, so a client cannot fill the cache with
@@ -40,13 +40,13 @@ class Verified:
         self.claims = claims
         self.headers = headers  # appended to the upstream request
         self.scopes = scopes
-        self.deadline = deadline  # loop time after which the entry is stale
+        self.deadline = deadline  # request-clock time after which the entry is stale
 
 
 def verified(
     claims: dict[str, Any], claim_headers: dict[bytes, str], now: float, ttl: float, wall: float | None = None
 ) -> Verified:
-    """A Verified for claims that passed verification; `now` is loop time, `wall` epoch time.
+    """A Verified for claims that passed verification; `now` is request-clock time, `wall` epoch time.
 
     `sub` must be a string fit for a header (no control characters) or absent; a claim
     header whose value is not fit for a header is left out rather than sent broken.

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
+from apigate.http import clock
 from apigate.http.body import ClientDisconnected
 from apigate.http.client import (
     ConnectionReset,
@@ -166,7 +167,7 @@ class Exchange:
     def on_upstream_head(self, status: int, headers: Headers, length: int | None) -> None:
         self.got_head = True
         ctx = self.ctx
-        ctx.upstream_duration = self.loop.time() - ctx.start
+        ctx.upstream_duration = clock.now() - ctx.start
         out: Headers = []
         named: set[bytes] | None = None
         for header in headers:

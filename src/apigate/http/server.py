@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import httptools
 
 from apigate.gateway.errors import error_body, error_headers
+from apigate.http import clock
 from apigate.http.body import BodyReader
 from apigate.http.errors import HttpError
 from apigate.http.headers import (
@@ -146,7 +147,7 @@ class RequestCycle:
         self.content_length = content_length
         self.body = body
         self.client: str = proto.client_ip
-        self.start = start  # loop time when its request line began to arrive
+        self.start = start  # clock.now() when its request line began to arrive
         self.deadline = start + proto.limits.request_timeout
         self.request_complete = body is None
         self.write_body = method != "HEAD"
@@ -384,7 +385,7 @@ class HttpServerProtocol:
         self.header_bytes = len(url)
         self.raw_head_bytes = 0
         self.in_headers = True
-        self.request_start = now = self.loop.time()
+        self.request_start = now = clock.now()  # to the ns: durations are measured from it
         if self.active is None and self.watch_at > now + self.limits.request_timeout:
             self._arm(now + self.limits.request_timeout)
 

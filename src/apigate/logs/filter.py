@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from apigate.config.schema import Config
 from apigate.gateway.context import RequestContext
 from apigate.gateway.filters import Filter
+from apigate.http import clock
 from apigate.http.headers import Headers
 from apigate.logs import events
 from apigate.logs.record import Record, rfc3339
@@ -68,7 +69,7 @@ class AccessLogFilter(Filter):
         pipeline.submit_access(
             (
                 self,
-                cycle.proto.loop.time(),
+                clock.now(),
                 ctx.start,
                 levelno,
                 status,
@@ -101,7 +102,7 @@ def access_record(snap: AccessSnapshot, wall_offset: float, pipeline: Pipeline) 
     A fused path for the one event every request produces: the client-supplied strings
     (path with its query, user agent, user, correlation id) are the only ones searched for
     secrets (redact.py's rules); the rest are numbers or names the gateway chose.
-    `wall_offset` turns loop time into epoch seconds.
+    `wall_offset` turns clock.now() time into epoch seconds.
     """
     (f, now, start, levelno, status, rid, method, path, query, client_ip, headers, clen,
      route_id, upstream_id, up, size, user, error) = snap  # fmt: skip

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from apigate.config.schema import LoggingConfig, SinkConfig
+from apigate.http import clock
 from apigate.logs import names
 from apigate.logs.filter import AccessSnapshot, access_record
 from apigate.logs.record import Record, rfc3339
@@ -207,7 +208,7 @@ class Pipeline:
         q = self.intake
         n = 0
         sinks = self.sinks
-        wall_offset = time.time() - asyncio.get_running_loop().time() if q else 0.0
+        wall_offset = time.time() - clock.now() if q else 0.0  # access snapshots carry clock.now()
         while q and n < PUMP_BATCH * 8:
             item = q.popleft()
             n += 1

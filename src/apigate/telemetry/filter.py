@@ -8,13 +8,13 @@ costs one tuple, one dict lookup, an int-keyed counter and two bisects (bench/me
 
 from __future__ import annotations
 
-import asyncio
 from bisect import bisect_left
 from collections.abc import Callable
 
 from apigate.gateway.context import RequestContext
 from apigate.gateway.filters import Filter, RequestOutcome, Response
 from apigate.gateway.router import Route
+from apigate.http import clock as request_clock
 from apigate.http.headers import Headers
 from apigate.telemetry import metrics
 from apigate.telemetry.health import HEALTH_LIVE, HEALTH_READY, Health
@@ -65,15 +65,9 @@ class MetricsFilter(Filter):
     priority = -10_000  # on_complete only; the order among on_complete filters does not matter
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
-        # The event loop's clock (ctx.start comes from it), bound at the first request:
-        # filters may be built before the worker's loop runs.
-        self.clock = clock if clock is not None else self._bind_clock
+        self.clock = clock if clock is not None else request_clock.now  # ctx.start's clock
         self.series = _SERIES
         self.upstream_failures = metrics.UPSTREAM_FAILURES.series
-
-    def _bind_clock(self) -> float:
-        self.clock = asyncio.get_running_loop().time
-        return self.clock()
 
     def on_complete(self, ctx: RequestContext) -> None:
         route = ctx.route

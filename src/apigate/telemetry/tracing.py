@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from apigate.gateway.context import RequestContext
 from apigate.gateway.filters import Filter, RequestOutcome
+from apigate.http import clock
 
 if TYPE_CHECKING:
     from apigate.config.schema import TracingConfig
@@ -112,15 +113,9 @@ class TracingFilter(Filter):
         self.server_kind = SpanKind.SERVER
         self.client_kind = SpanKind.CLIENT
         self.in_context = set_span_in_context
-        self.clock = time.monotonic  # replaced by the loop's clock at the first request
-        self.offset_ns: int | None = None
-
-    def _bind_clock(self) -> int:
-        loop = asyncio.get_running_loop()
-        self.clock = loop.time
-        # The loop's clock is monotonic; spans want wall-clock nanoseconds.
-        self.offset_ns = offset = time.time_ns() - int(loop.time() * 1e9)
-        return offset
+        self.clock = clock.now  # ctx.start's clock
+        # ctx.start is monotonic; spans want wall-clock nanoseconds.
+        self.offset_ns = time.time_ns() - int(clock.now() * 1e9)
 
     def on_request(self, ctx: RequestContext) -> RequestOutcome:
         cycle = ctx.cycle
@@ -130,8 +125,6 @@ class TracingFilter(Filter):
                 carrier[field.decode()] = value.decode("latin-1")
         parent = self.propagator.extract(carrier) if carrier else None
         offset = self.offset_ns
-        if offset is None:
-            offset = self._bind_clock()
         start = int(ctx.start * 1e9) + offset
         route = ctx.route
         # "{method} {http.route}" (OpenTelemetry HTTP conventions): the route's path template.
@@ -166,7 +159,6 @@ class TracingFilter(Filter):
         from opentelemetry.trace import Status, StatusCode
 
         offset = self.offset_ns
-        assert offset is not None  # on_request ran first
         end = int(self.clock() * 1e9) + offset
         status = ctx.status
         route = ctx.route
