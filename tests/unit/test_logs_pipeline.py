@@ -96,6 +96,16 @@ class GatedSink(MemorySink):
         return await super().send(batch)
 
 
+async def received(s: MemorySink, n: int) -> None:
+    """Wait up to 10 s for `n` events, close the sink, and check they came once, in order."""
+    for _ in range(200):
+        if len(s.got) >= n:
+            break
+        await asyncio.sleep(0.05)
+    await s.close(1)
+    assert s.got == [f"e{i}" for i in range(n)]
+
+
 def test_full_queue_moves_to_the_spool_while_a_send_is_stuck(tmp_path: Path) -> None:
     """The queue bound is not a loss while the sink has a spool, whatever its task is
     doing; the batch that was out when the queue overflowed, failing, is still sent first."""
@@ -117,12 +127,7 @@ def test_full_queue_moves_to_the_spool_while_a_send_is_stuck(tmp_path: Path) -> 
         await asyncio.sleep(0.1)
         assert s.down
         s.up = True
-        for _ in range(200):
-            if len(s.got) >= 60:
-                break
-            await asyncio.sleep(0.05)
-        await s.close(1)
-        assert s.got == [f"e{i}" for i in range(60)]
+        await received(s, 60)
         assert sum(s.stats.dropped.values()) == 0 and s.spool_bytes == 0
 
     asyncio.run(scenario())
@@ -141,12 +146,7 @@ def test_down_sink_spools_then_delivers_in_order(tmp_path: Path) -> None:
         s.up = True
         for i in range(50, 60):
             s.offer(rec(i))
-        for _ in range(200):
-            if len(s.got) >= 60:
-                break
-            await asyncio.sleep(0.05)
-        await s.close(1)
-        assert s.got == [f"e{i}" for i in range(60)]
+        await received(s, 60)
         assert not s.down and s.spool_bytes == 0
 
     asyncio.run(scenario())
