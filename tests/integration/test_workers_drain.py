@@ -74,6 +74,28 @@ def test_signal_drains_in_flight_requests_and_exits_0(
     assert "Traceback" not in gw.stderr()
 
 
+def test_drain_answers_requests_already_pipelined(
+    gateway: GatewayFactory, upstream: ScriptedUpstream
+) -> None:
+    gw = start(gateway, upstream, drain_timeout_secs=5)
+    assert gw.proc is not None
+    with RawConn(gw.port) as c:
+        c.send(
+            b"GET /sleep/1 HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"GET /second HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"GET /third HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        assert wait_until(lambda: bool(upstream.requests_to("/sleep/1")), 5)
+        gw.proc.send_signal(signal.SIGTERM)
+        # Every request received before the signal is answered, in order; the last one
+        # says the connection ends.
+        answers = [c.read_response() for _ in range(3)]
+        assert [r.body for r in answers] == [b"done /sleep/1", b"done /second", b"done /third"]
+        assert [r.header("connection") for r in answers] == [None, None, "close"]
+        assert c.closed_by_peer(2)
+    assert gw.proc.wait(10) == 0
+
+
 def test_drain_timeout_bounds_shutdown(gateway: GatewayFactory, upstream: ScriptedUpstream) -> None:
     gw = start(gateway, upstream, drain_timeout_secs=1)
     assert gw.proc is not None

@@ -165,8 +165,10 @@ class RequestCycle:
         assert not self.response_started
         self.response_started = True
         self.status = status
-        if self.proto.closing or not self.request_complete or self.proto.state.draining:
-            # An unread request body leaves the connection unusable; draining ends keep-alive.
+        proto = self.proto
+        if proto.closing or not self.request_complete or (proto.state.draining and not proto.pipeline):
+            # An unread request body leaves the connection unusable. Draining ends keep-alive
+            # after the last request already received (pipelined ones are still answered).
             self.keep_alive = False
         out = [status_line(status)]
         for name, value in headers:
@@ -435,7 +437,7 @@ class HttpServerProtocol:
             self.url,
             self.headers,
             http_version,
-            parser.should_keep_alive() and not self.state.draining,
+            parser.should_keep_alive(),
             None if chunked else content_length,
             body,
             self.request_start,
@@ -560,13 +562,17 @@ class HttpServerProtocol:
         self._close()
 
     def shutdown(self) -> None:
-        """Drain: close if idle, else let the active response finish with `connection: close`."""
+        """Drain: close if idle; else answer every request already received (the active one
+        and those pipelined behind it), the last with `connection: close`, and read no more."""
         if self.active is None and self.parsing is None:
             self._close()
             return
-        for cycle in (self.active, *self.pipeline):
-            if cycle is not None:
-                cycle.keep_alive = False
+        last = self.pipeline[-1] if self.pipeline else self.active
+        if self.parsing is not None and self.parsing is not last:
+            # A request still arriving that is not queued yet (its head is incomplete).
+            last = self.parsing
+        if last is not None:
+            last.keep_alive = False
 
     # ------------------------------------------------------------------ output
     def write(self, data: bytes) -> None:
