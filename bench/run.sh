@@ -43,7 +43,7 @@ RES=$RESULTS/$(date +%Y%m%d-%H%M%S)
 GEN=$RES/gen
 RUN=$RES/run
 LOGS=$RES/logs
-PIDFILE=$RESULTS/.running.pids # shared across runs so an interrupted run's leftovers are found
+PIDFILE=$RESULTS/.running.$$.pids # this run's servers; an interrupted run's file outlives its pid
 
 log() { echo "[$(date +%T)] $*" >&2; }
 
@@ -205,13 +205,14 @@ cpu_ticks() { # utime+stime of the given pids and their descendants (all threads
   echo "$total"
 }
 record_pid() { echo "$1 $2 $(stat_field "$2" 20)" >>"$PIDFILE"; }
-stop_recorded() {
-  [ -f "$PIDFILE" ] || return 0
+stop_recorded() { # [FILE]: the servers recorded there (default: this run's)
+  local file=${1:-$PIDFILE}
+  [ -f "$file" ] || return 0
   local name pid st roots=() all=() p any
   while read -r name pid st; do
     [ -n "${pid:-}" ] || continue
     if alive "$pid" && [ "$(stat_field "$pid" 20)" = "$st" ]; then roots+=("$pid"); fi
-  done <"$PIDFILE"
+  done <"$file"
   if [ ${#roots[@]} -gt 0 ]; then
     mapfile -t all < <(tree "${roots[@]}")
     kill -TERM "${roots[@]}" 2>/dev/null || true
@@ -223,7 +224,7 @@ stop_recorded() {
     done
     for p in "${all[@]}"; do alive "$p" && kill -KILL "$p" 2>/dev/null; done
   fi
-  rm -f "$PIDFILE"
+  rm -f "$file"
 }
 cleanup() {
   local rc=$?
@@ -252,7 +253,14 @@ wait_port() { # port pid: until the port listens (15 s), or the process died
 }
 
 mkdir -p "$RESULTS" "$GEN" "$RUN" "$LOGS"
-stop_recorded # leftovers of an interrupted earlier run (only if pid and start time still match)
+# Leftovers of interrupted earlier runs, found by their run's pid being gone (a run still
+# going keeps its servers); each server only if its pid and start time still match.
+for f in "$RESULTS"/.running.*.pids; do
+  [ -e "$f" ] || continue
+  owner=${f##*/.running.}
+  owner=${owner%.pids}
+  if [ "$owner" = pids ] || ! alive "$owner"; then stop_recorded "$f"; fi # 'pids': the old shared file
+done
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
