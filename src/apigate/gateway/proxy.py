@@ -23,6 +23,7 @@ from apigate.http import clock
 from apigate.http.body import ClientDisconnected
 from apigate.http.client import (
     ConnectionReset,
+    ResponseSink,
     UpstreamConnection,
     UpstreamError,
     UpstreamPool,
@@ -36,7 +37,9 @@ from apigate.http.headers import (
     HOST,
     X_FORWARDED_FOR,
     Headers,
+    chunk_size_line,
     connection_tokens,
+    content_length_line,
 )
 
 if TYPE_CHECKING:
@@ -98,7 +101,7 @@ def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: b
         out += (b"x-forwarded-host: ", host, b"\r\n")
     if cycle.body is not None:
         if cycle.content_length is not None:
-            out.append(b"content-length: %d\r\n" % cycle.content_length)
+            out.append(content_length_line(cycle.content_length))
         else:
             out.append(b"transfer-encoding: chunked\r\n")
     out.append(b"\r\n")
@@ -116,13 +119,12 @@ def _connection_named(headers: Headers) -> set[bytes] | None:
     return named
 
 
-class Exchange:
+class Exchange(ResponseSink):
     """The proxy's side of one upstream request: receives the parsed response."""
 
     __slots__ = (
         "chain",
         "conn",
-        "cork",
         "ctx",
         "cycle",
         "error",
@@ -131,7 +133,6 @@ class Exchange:
         "loop",
         "on_done",
         "timeout",
-        "uncork",
     )
 
     def __init__(
@@ -153,9 +154,12 @@ class Exchange:
         self.on_done = on_done
         self.error: UpstreamError | None = None
         self.got_head = False
-        proto = ctx.cycle.proto
-        self.cork = proto.cork
-        self.uncork = proto.uncork
+
+    def cork(self) -> bool:
+        return self.cycle.proto.cork()
+
+    def uncork(self) -> None:
+        self.cycle.proto.uncork()
 
     def send_head(self) -> None:
         cycle = self.cycle
@@ -436,7 +440,7 @@ class Proxy:
 
 def _frame(chunk: bytes, chunked: bool) -> bytes:
     if chunked:
-        return b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        return chunk_size_line(len(chunk)) + chunk + b"\r\n"
     return chunk
 
 

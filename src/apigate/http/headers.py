@@ -59,6 +59,18 @@ def status_line(status: int) -> bytes:
     return line
 
 
+# Compiled, `b"...%d" % n` goes through the generic bytes formatting machinery; str(n) and
+# a concatenation cost a fraction of it on every response.
+def content_length_line(length: int) -> bytes:
+    """`content-length: <n>\r\n`."""
+    return b"content-length: " + str(length).encode("ascii") + b"\r\n"
+
+
+def chunk_size_line(size: int) -> bytes:
+    """A chunk-size line of the chunked coding (RFC 9112 §7.1): hex digits, CRLF."""
+    return hex(size)[2:].encode("ascii") + b"\r\n"
+
+
 def connection_tokens(value: bytes) -> set[bytes]:
     """The lowercase option names in a Connection header value (RFC 9110 §7.6.1)."""
     return {t.strip().lower() for t in value.split(b",") if t.strip()}

@@ -34,6 +34,8 @@ from apigate.http.headers import (
     TRANSFER_ENCODING,
     X_REQUEST_ID,
     Headers,
+    chunk_size_line,
+    content_length_line,
     encode_headers,
     status_line,
 )
@@ -174,7 +176,7 @@ class RequestCycle:
         for name, value in headers:
             out += (name, b": ", value, b"\r\n")
         if content_length is not None:
-            out.append(b"content-length: %d\r\n" % content_length)
+            out.append(content_length_line(content_length))
             self.response_length = content_length if self.write_body else 0
         elif status >= 200 and status not in (204, 304) and self.write_body:
             if self.http_version == "1.1":
@@ -196,7 +198,7 @@ class RequestCycle:
         self.body_bytes += len(chunk)  # access log's response_size
         if self.chunked_response:
             proto = self.proto
-            proto.write(b"%x\r\n" % len(chunk))
+            proto.write(chunk_size_line(len(chunk)))
             proto.write(chunk)
             proto.write(b"\r\n")
         else:
@@ -289,7 +291,7 @@ class HttpServerProtocol:
             # Over the limit: answer 503 rather than a silent RST, so clients see why.
             status, body = error_body("overloaded" if not self.state.draining else "draining", None)
             head = status_line(status) + encode_headers(error_headers())
-            self.transport.write(head + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+            self.transport.write(head + content_length_line(len(body)) + b"connection: close\r\n\r\n" + body)
             self.closing = True
             self.transport.close()
             return
@@ -516,7 +518,7 @@ class HttpServerProtocol:
         elif active is None and not self.pipeline:
             status, body = error_body(code, None)
             head = status_line(status) + encode_headers(error_headers())
-            self.transport.write(head + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+            self.transport.write(head + content_length_line(len(body)) + b"connection: close\r\n\r\n" + body)
         else:
             # Earlier pipelined requests are still being answered; the bad one ends the connection.
             for cycle in (self.active, *self.pipeline):
