@@ -11,7 +11,7 @@ import asyncio
 import signal
 import ssl
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from apigate.config.schema import Config
 from apigate.gateway.context import RequestContext
@@ -29,7 +29,7 @@ from apigate.telemetry.health import Health
 from apigate.telemetry.runtime import Telemetry
 
 # The metrics listener serves scrapes and probes: a few connections, small requests.
-ADMIN_LIMITS = Limits(
+ADMIN_LIMITS: Final = Limits(
     max_connections=64, idle_timeout=30, request_timeout=10, max_header_bytes=16384, max_body_bytes=1024
 )
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from apigate.http.server import RequestCycle
     from apigate.logs.pipeline import Pipeline
 
-JSON = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+JSON: Final = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 
 class App:

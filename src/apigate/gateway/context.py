@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from apigate.http.headers import Headers
 
@@ -11,8 +11,8 @@ if TYPE_CHECKING:
     from apigate.gateway.router import Route
     from apigate.http.server import RequestCycle
 
-_NO_HEADERS: Headers = []  # shared default; filters assign a new list, never append to this
-_NO_PARAMS: dict[str, str] = {}
+_NO_HEADERS: Final[Headers] = []  # shared default; filters assign a new list, never append to this
+_NO_PARAMS: Final[dict[str, str]] = {}
 
 
 class RequestContext:

@@ -9,9 +9,10 @@ Routing and the upstream see one canonical path, so `/api/./users`, `/api//users
 from __future__ import annotations
 
 import re
+from typing import Final
 
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_PCT = re.compile(rb"%([0-9A-Fa-f]{2})")
+_UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PCT: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
 
 
 def split_target(target: bytes) -> tuple[str, bytes] | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from apigate.http import clock
 from apigate.http.body import ClientDisconnected
@@ -47,12 +47,13 @@ if TYPE_CHECKING:
     from apigate.gateway.filters import FilterChain
     from apigate.http.server import RequestCycle
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
-REPLAY_MAX_BYTES = 64 * 1024  # request bodies up to this size are kept for one retry
-_SKIP_REQUEST = HOP_BY_HOP | GATEWAY_SET_REQUEST | {CONTENT_LENGTH, EXPECT, X_FORWARDED_FOR}
-_SKIP_RESPONSE = HOP_BY_HOP | {CONTENT_LENGTH}
-_TRIVIAL_CONNECTION_TOKENS = {b"keep-alive", b"close"}
-_TRIVIAL_CONNECTION_VALUES = {b"keep-alive", b"close", b""}
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+REPLAY_MAX_BYTES: Final = 64 * 1024  # request bodies up to this size are kept for one retry
+_SKIP_REQUEST: Final = HOP_BY_HOP | GATEWAY_SET_REQUEST | {CONTENT_LENGTH, EXPECT, X_FORWARDED_FOR}
+_SKIP_RESPONSE: Final = HOP_BY_HOP | {CONTENT_LENGTH}
+_TRIVIAL_CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close"})
+_TRIVIAL_CONNECTION_VALUES: Final = frozenset({b"keep-alive", b"close", b""})
+_now: Final = clock.now  # a C static: the module attribute would be looked up per call
 
 
 def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: bytes) -> bytes:
@@ -171,7 +172,8 @@ class Exchange(ResponseSink):
     def on_upstream_head(self, status: int, headers: Headers, length: int | None) -> None:
         self.got_head = True
         ctx = self.ctx
-        ctx.upstream_duration = clock.now() - ctx.start
+        now = _now()
+        ctx.upstream_duration = now - ctx.start
         out: Headers = []
         named: set[bytes] | None = None
         for header in headers:
@@ -191,7 +193,7 @@ class Exchange(ResponseSink):
         ctx.status = status
         cycle.start_response(status, out, length)
         # While the body streams, the upstream must keep sending within its timeout.
-        cycle.upstream_deadline = self.loop.time() + self.timeout
+        cycle.upstream_deadline = now + self.timeout
         conn = self.conn
         cycle.flow = conn
         cycle.upstream_timeout = self.timeout
@@ -238,7 +240,7 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
-_CANCELLED = Cancelled("cancelled by the listener")
+_CANCELLED: Final = Cancelled("cancelled by the listener")
 
 
 Finished = Callable[["RequestContext", "UpstreamError | None"], None]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from apigate.config.schema import RouteConfig
 
@@ -74,7 +74,7 @@ class Route:
 
 
 Match = tuple[Route, dict[str, str]]  # a plain tuple: built once per request
-_NO_PARAMS: dict[str, str] = {}  # shared by every exact match; never mutated
+_NO_PARAMS: Final[dict[str, str]] = {}  # shared by every exact match; never mutated
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class NoMatch:
     allow: tuple[str, ...]
 
 
-_NO_ROUTE = NoMatch(())
+_NO_ROUTE: Final = NoMatch(())
 
 
 def _compile(cfg: RouteConfig, index: int) -> Route:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Protocol
+from typing import Final, Protocol
 
 from apigate.http.errors import HttpError
 
-HIGH_WATER = 64 * 1024
-LOW_WATER = 16 * 1024
+HIGH_WATER: Final = 64 * 1024
+LOW_WATER: Final = 16 * 1024
 
 
 class ClientDisconnected(Exception):

@@ -13,19 +13,20 @@ is the least likely to have been closed by the upstream's idle timer.
 from __future__ import annotations
 
 import asyncio
-import enum
 import ssl
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, Final
 from urllib.parse import urlsplit
 
 import httptools
 
+from apigate.http import clock
 from apigate.http.headers import CONTENT_LENGTH, TRANSFER_ENCODING, Headers
 
 # An idle connection older than this is closed rather than reused: many servers close
 # idle keep-alives after 5-75 s, and reusing one they are about to close costs a retry.
-POOL_IDLE_TIMEOUT_S = 30.0
+POOL_IDLE_TIMEOUT_S: Final = 30.0
+_now: Final = clock.now  # a C static: the module attribute would be looked up per call
 
 
 class UpstreamError(Exception):
@@ -85,18 +86,20 @@ class ResponseSink:
         raise NotImplementedError
 
 
-_FRAMING = frozenset({CONTENT_LENGTH, TRANSFER_ENCODING})
+_FRAMING: Final = frozenset({CONTENT_LENGTH, TRANSFER_ENCODING})
 
 
 def _discard(chunk: bytes) -> None:
     return None
 
 
-class ConnState(enum.Enum):
-    CONNECTING = "connecting"
-    IDLE = "idle"
-    ACTIVE = "active"
-    CLOSED = "closed"
+# Connection states, as ints: compiled, comparing two is a C compare, where an enum
+# member is an attribute lookup on a Python class (several per request).
+CONNECTING: Final = 0
+IDLE: Final = 1
+ACTIVE: Final = 2
+CLOSED: Final = 3
+STATE_NAMES: Final = ("connecting", "idle", "active", "closed")
 
 
 class UpstreamConnection:
@@ -108,7 +111,7 @@ class UpstreamConnection:
         self.loop = pool.loop
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpResponseParser(self)
-        self.state = ConnState.CONNECTING
+        self.state = CONNECTING
         self.requests = 0  # responses completed on this connection
         self.idle_since = 0.0
         self.write_paused = False
@@ -128,22 +131,22 @@ class UpstreamConnection:
         self.on_body_chunk: Callable[[bytes], None] = _discard
 
     def __repr__(self) -> str:
-        return f"<UpstreamConnection {self.pool.key} {self.state.value} requests={self.requests}>"
+        return f"<UpstreamConnection {self.pool.key} {STATE_NAMES[self.state]} requests={self.requests}>"
 
     # ------------------------------------------------------------------ predicates
     @property
     def is_usable(self) -> bool:
         """Idle, open, and not past POOL_IDLE_TIMEOUT_S."""
         return (
-            self.state is ConnState.IDLE
+            self.state == IDLE
             and not self.transport.is_closing()
-            and self.loop.time() - self.idle_since < POOL_IDLE_TIMEOUT_S
+            and _now() - self.idle_since < POOL_IDLE_TIMEOUT_S
         )
 
     # ------------------------------------------------------------------ request side
     def send(self, sink: ResponseSink, head: bytes, head_only: bool) -> None:
         """Start a request: the head now, the body (if any) through write_body()."""
-        self.state = ConnState.ACTIVE
+        self.state = ACTIVE
         self.sink = sink
         self.head_only = head_only
         self.got_head = False
@@ -159,22 +162,22 @@ class UpstreamConnection:
         # 401/413); the exchange then ends through its sink. Writing to the closed uvloop
         # transport would raise RuntimeError and kill the proxy task, leaving the client
         # hanging until its request timeout.
-        if self.state is not ConnState.CLOSED and not self.transport.is_closing():
+        if self.state != CLOSED and not self.transport.is_closing():
             self.transport.write(data)
 
     async def drain(self) -> None:
-        if self.write_paused and self.state is not ConnState.CLOSED:
+        if self.write_paused and self.state != CLOSED:
             self.drain_waiter = self.loop.create_future()
             await self.drain_waiter
 
     def close(self) -> None:
-        if self.state is not ConnState.CLOSED:
-            self.state = ConnState.CLOSED
+        if self.state != CLOSED:
+            self.state = CLOSED
             self.sink = None
             self.transport.close()
 
     def abort(self) -> None:
-        self.state = ConnState.CLOSED
+        self.state = CLOSED
         self.sink = None
         if self.transport is not None:
             self.transport.abort()
@@ -210,7 +213,7 @@ class UpstreamConnection:
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state = ConnState.CLOSED
+        self.state = CLOSED
         self.pool.forget(self)
         if self.drain_waiter is not None and not self.drain_waiter.done():
             self.drain_waiter.set_result(None)
@@ -229,11 +232,11 @@ class UpstreamConnection:
                 w.set_result(None)
 
     def pause_reading(self) -> None:
-        if self.state is not ConnState.CLOSED:
+        if self.state != CLOSED:
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.state is not ConnState.CLOSED:
+        if self.state != CLOSED:
             self.transport.resume_reading()
 
     # ------------------------------------------------------------------ parser callbacks
@@ -289,7 +292,7 @@ class UpstreamConnection:
         sink = self.sink
         self.sink = None
         self.on_body_chunk = _discard
-        if self.state is not ConnState.CLOSED:
+        if self.state != CLOSED:
             self.abort()
         if sink is not None:
             sink.on_upstream_failed(error)
@@ -339,16 +342,16 @@ class UpstreamPool:
         """A reusable idle connection, or None. Synchronous: no other request can take it."""
         idle = self.idle
         if idle:
-            oldest_ok = self.loop.time() - POOL_IDLE_TIMEOUT_S
+            oldest_ok = _now() - POOL_IDLE_TIMEOUT_S
             while idle:
                 conn = idle.pop()
                 # is_usable, inlined: this runs once per proxied request.
                 if (
-                    conn.state is ConnState.IDLE
+                    conn.state == IDLE
                     and conn.idle_since > oldest_ok
                     and not conn.transport.is_closing()
                 ):
-                    conn.state = ConnState.ACTIVE
+                    conn.state = ACTIVE
                     self.active += 1
                     return conn
                 conn.close()
@@ -377,7 +380,7 @@ class UpstreamPool:
                 raise ConnectFailed(f"connect to {self.key} failed: {e.strerror or e}") from None
         finally:
             self.connecting -= 1
-        conn.state = ConnState.ACTIVE
+        conn.state = ACTIVE
         self.active += 1
         return conn
 
@@ -387,12 +390,12 @@ class UpstreamPool:
         if (
             reusable
             and conn.keep_alive
-            and conn.state is ConnState.ACTIVE
+            and conn.state == ACTIVE
             and conn.sink is None
             and len(self.idle) < self.max_idle
         ):
-            conn.state = ConnState.IDLE
-            conn.idle_since = self.loop.time()
+            conn.state = IDLE
+            conn.idle_since = _now()
             self.idle.append(conn)
         else:
             conn.close()

@@ -8,13 +8,16 @@ wire, and comparing one canonical form is cheaper than case-folding on every loo
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
 Headers = list[tuple[bytes, bytes]]
 
 # RFC 9110 §7.6.1: a proxy removes Connection, every field Connection names, and the
 # fields that are hop-by-hop by definition. Proxy-Connection is not standard but old
 # clients still send it (nginx and Envoy drop it too).
-HOP_BY_HOP: frozenset[bytes] = frozenset(
+# Final throughout: compiled, a Final module constant is a C static, any other module
+# global a dict lookup on every use.
+HOP_BY_HOP: Final[frozenset[bytes]] = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -26,23 +29,23 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
     }
 )
 
-HOST = b"host"
-CONNECTION = b"connection"
-CONTENT_LENGTH = b"content-length"
-TRANSFER_ENCODING = b"transfer-encoding"
-EXPECT = b"expect"
-X_REQUEST_ID = b"x-request-id"
-X_FORWARDED_FOR = b"x-forwarded-for"
-X_FORWARDED_PROTO = b"x-forwarded-proto"
-X_FORWARDED_HOST = b"x-forwarded-host"
+HOST: Final = b"host"
+CONNECTION: Final = b"connection"
+CONTENT_LENGTH: Final = b"content-length"
+TRANSFER_ENCODING: Final = b"transfer-encoding"
+EXPECT: Final = b"expect"
+X_REQUEST_ID: Final = b"x-request-id"
+X_FORWARDED_FOR: Final = b"x-forwarded-for"
+X_FORWARDED_PROTO: Final = b"x-forwarded-proto"
+X_FORWARDED_HOST: Final = b"x-forwarded-host"
 
 # Headers the gateway itself sets on the upstream request; a client's copies are dropped
 # so a client cannot forge them (X-Forwarded-For is appended to, not replaced).
-GATEWAY_SET_REQUEST: frozenset[bytes] = frozenset({HOST, X_REQUEST_ID, X_FORWARDED_PROTO, X_FORWARDED_HOST})
+GATEWAY_SET_REQUEST: Final[frozenset[bytes]] = frozenset({HOST, X_REQUEST_ID, X_FORWARDED_PROTO, X_FORWARDED_HOST})
 
-MAX_REQUEST_ID_CHARS = 128
+MAX_REQUEST_ID_CHARS: Final = 128
 
-_STATUS_LINES: dict[int, bytes] = {}
+_STATUS_LINES: Final[dict[int, bytes]] = {}
 
 
 def status_line(status: int) -> bytes:

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import httptools
 
@@ -28,6 +28,7 @@ from apigate.http import clock
 from apigate.http.body import BodyReader
 from apigate.http.errors import HttpError
 from apigate.http.headers import (
+    CONNECTION,
     CONTENT_LENGTH,
     EXPECT,
     HOST,
@@ -40,18 +41,19 @@ from apigate.http.headers import (
     status_line,
 )
 
-log = logging.getLogger("apigate.http")
+log: Final = logging.getLogger("apigate.http")
 
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
-UNCORK_JOIN_MAX = 256 * 1024  # corked writes up to this size are joined, larger ones vectored
-MAX_PIPELINED = 32  # queued requests per connection before reading pauses
-_NOTED = frozenset({CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, X_REQUEST_ID, HOST})
-INF = float("inf")
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+UNCORK_JOIN_MAX: Final = 256 * 1024  # corked writes up to this size are joined, larger ones vectored
+MAX_PIPELINED: Final = 32  # queued requests per connection before reading pauses
+_NOTED: Final = frozenset({CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, X_REQUEST_ID, HOST, CONNECTION})
+INF: Final = float("inf")
 # Lingering close (nginx's lingering_close): after an answer given while the client was
 # still sending, read and discard for a while before closing, else the kernel answers
 # the unread bytes with a reset that can destroy the answer in the client's buffers.
-LINGER_IDLE_S = 2.0  # close once the client has been silent this long
-LINGER_MAX_S = 10.0  # and in any case this long after the answer
+LINGER_IDLE_S: Final = 2.0  # close once the client has been silent this long
+LINGER_MAX_S: Final = 10.0  # and in any case this long after the answer
+_now: Final = clock.now  # a C static: the module attribute would be looked up per call
 
 
 class FlowTarget(Protocol):
@@ -389,7 +391,7 @@ class HttpServerProtocol:
         self.header_bytes = len(url)
         self.raw_head_bytes = 0
         self.in_headers = True
-        self.request_start = now = clock.now()  # to the ns: durations are measured from it
+        self.request_start = now = _now()  # to the ns: durations are measured from it
         if self.active is None and self.watch_at > now + self.limits.request_timeout:
             self._arm(now + self.limits.request_timeout)
 
@@ -408,6 +410,7 @@ class HttpServerProtocol:
         chunked = False
         request_id: bytes | None = None
         hosts = 0
+        connection = False
         for name, value in self.headers:
             if name in _NOTED:
                 if name == HOST:
@@ -420,9 +423,15 @@ class HttpServerProtocol:
                     if value.lower() != b"100-continue":
                         raise HttpError("bad_request")
                     expect = True
+                elif name == CONNECTION:
+                    connection = True
                 else:
                     chunked = True
-        http_version: str = parser.get_http_version()
+        keep_alive: bool = parser.should_keep_alive()
+        # llhttp keeps a connection alive by default only for HTTP/1.1 (it accepts 0.9,
+        # 1.0, 1.1 and 2.0): without a Connection header, keep-alive means 1.1, which
+        # spares get_http_version() (it formats a new string) on nearly every request.
+        http_version: str = "1.1" if keep_alive and not connection else parser.get_http_version()
         if hosts > 1 or (hosts == 0 and http_version == "1.1"):
             # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0; anything
             # else is a 400, so the upstream never has to guess which authority was meant.
@@ -439,7 +448,7 @@ class HttpServerProtocol:
             self.url,
             self.headers,
             http_version,
-            parser.should_keep_alive(),
+            keep_alive,
             None if chunked else content_length,
             body,
             self.request_start,
@@ -495,7 +504,9 @@ class HttpServerProtocol:
             self._close()
             return
         self.active = None
-        self.last_activity = cycle.proto.loop.time()
+        # The request clock, not loop.time(): the same CLOCK_MONOTONIC, cheaper to read from
+        # here, and at most a millisecond ahead (the watchdog re-arms if it fires that early).
+        self.last_activity = _now()
         if self.pipeline:
             self._start(self.pipeline.popleft())
             if self.read_paused and len(self.pipeline) < MAX_PIPELINED // 2:
