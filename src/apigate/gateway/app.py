@@ -112,12 +112,20 @@ class App:
             self._dispatch(ctx, match)
         elif type(outcome) is Response:
             self._reply(ctx, outcome)
-        elif isinstance(outcome, asyncio.Future):
-            # A filter's own future (a batched Redis check): a callback, not a task per request.
-            outcome.add_done_callback(lambda fut: self._future_done(ctx, match, fut))
-            cycle.on_cancel = lambda: self._future_cancelled(ctx, outcome)
         else:
-            task = self.loop.create_task(self._after_filters(ctx, match, outcome))  # type: ignore[arg-type]
+            self._wait(ctx, match, outcome)  # type: ignore[arg-type]  # not a Response here
+
+    def _wait(self, ctx: RequestContext, match: Match | NoMatch, outcome: Awaitable[Response | None]) -> None:
+        """A filter must wait: continue when it is done. (Out of `handle`: compiled, the
+        closures below would cost every request an environment object.)"""
+        cycle = ctx.cycle
+        if isinstance(outcome, asyncio.Future):
+            # A filter's own future (a batched Redis check): a callback, not a task per request.
+            fut = outcome
+            fut.add_done_callback(lambda f: self._future_done(ctx, match, f))
+            cycle.on_cancel = lambda: self._future_cancelled(ctx, fut)
+        else:
+            task = self.loop.create_task(self._after_filters(ctx, match, outcome))
             cycle.on_cancel = lambda: self._cancelled(ctx, task)
 
     def _future_done(

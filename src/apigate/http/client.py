@@ -346,11 +346,7 @@ class UpstreamPool:
             while idle:
                 conn = idle.pop()
                 # is_usable, inlined: this runs once per proxied request.
-                if (
-                    conn.state == IDLE
-                    and conn.idle_since > oldest_ok
-                    and not conn.transport.is_closing()
-                ):
+                if conn.state == IDLE and conn.idle_since > oldest_ok and not conn.transport.is_closing():
                     conn.state = ACTIVE
                     self.active += 1
                     return conn

@@ -41,7 +41,9 @@ X_FORWARDED_HOST: Final = b"x-forwarded-host"
 
 # Headers the gateway itself sets on the upstream request; a client's copies are dropped
 # so a client cannot forge them (X-Forwarded-For is appended to, not replaced).
-GATEWAY_SET_REQUEST: Final[frozenset[bytes]] = frozenset({HOST, X_REQUEST_ID, X_FORWARDED_PROTO, X_FORWARDED_HOST})
+GATEWAY_SET_REQUEST: Final[frozenset[bytes]] = frozenset(
+    {HOST, X_REQUEST_ID, X_FORWARDED_PROTO, X_FORWARDED_HOST}
+)
 
 MAX_REQUEST_ID_CHARS: Final = 128
 
