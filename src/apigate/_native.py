@@ -35,6 +35,7 @@ HOT_MODULES = (
     "apigate.gateway.filters",
     "apigate.gateway.proxy",
     "apigate.gateway.app",
+    "apigate.logs.filter",  # its on_complete runs for every request
 )
 GROUP = "apigate_native"  # mypyc's shared runtime library: `apigate_native__mypyc*.so` in src/
 

@@ -62,6 +62,8 @@ class App:
         chain_filters: list[Filter] = [CorrelationFilter(), *filters]
         for route in self.router.routes:
             route.chain = FilterChain([f for f in chain_filters if f.applies_to(route)])
+            route.pool = self.pools[route.upstream_id]
+            route.timeout = self.timeouts[route.upstream_id]
         self.unmatched_chain = FilterChain([f for f in chain_filters if f.applies_to(None)])
         s = cfg.server
         self.state = ServerState(
@@ -79,7 +81,7 @@ class App:
         self.servers: list[asyncio.Server] = []
         self.admin_server: asyncio.Server | None = None
         self.logs: Pipeline | None = None  # built in start(): it needs the worker's loop
-        self.proxy = Proxy(self.pools, self.timeouts, self._proxied)
+        self.proxy = Proxy(self._proxied)
 
     # ------------------------------------------------------------------ the request's journey
     def handle(self, cycle: RequestCycle) -> None:
@@ -103,7 +105,7 @@ class App:
             if outcome is None:
                 # The terminal step for a matched route, inlined from _dispatch().
                 path = path if route.passthrough else route.upstream_path(path, ctx.params)
-                self.proxy.start(ctx, chain, route.upstream_id, path.encode("latin-1"))
+                self.proxy.start(ctx, chain, route.pool, route.timeout, path.encode("latin-1"))
                 return
         else:
             ctx.chain = self.unmatched_chain
@@ -170,7 +172,7 @@ class App:
         if type(match) is tuple:
             route = match[0]
             path = ctx.path if route.passthrough else route.upstream_path(ctx.path, ctx.params)
-            self.proxy.start(ctx, ctx.chain, route.upstream_id, path.encode("latin-1"))
+            self.proxy.start(ctx, ctx.chain, route.pool, route.timeout, path.encode("latin-1"))
         else:
             assert isinstance(match, NoMatch)
             self._reply(ctx, self._local(ctx, ctx.path, match.allow))

@@ -40,6 +40,7 @@ from apigate.http.headers import (
     chunk_size_line,
     connection_tokens,
     content_length_line,
+    length_mask,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE
 REPLAY_MAX_BYTES: Final = 64 * 1024  # request bodies up to this size are kept for one retry
 _SKIP_REQUEST: Final = HOP_BY_HOP | GATEWAY_SET_REQUEST | {CONTENT_LENGTH, EXPECT, X_FORWARDED_FOR}
 _SKIP_RESPONSE: Final = HOP_BY_HOP | {CONTENT_LENGTH}
+_SKIP_RESPONSE_LENGTHS: Final = length_mask(_SKIP_RESPONSE)
 _TRIVIAL_CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close"})
 _TRIVIAL_CONNECTION_VALUES: Final = frozenset({b"keep-alive", b"close", b""})
 _now: Final = clock.now  # a C static: the module attribute would be looked up per call
@@ -178,7 +180,7 @@ class Exchange(ResponseSink):
         named: set[bytes] | None = None
         for header in headers:
             name = header[0]
-            if name in _SKIP_RESPONSE:
+            if _SKIP_RESPONSE_LENGTHS >> len(name) & 1 and name in _SKIP_RESPONSE:
                 if name == CONNECTION and header[1].lower() not in _TRIVIAL_CONNECTION_VALUES:
                     named = _connection_named(headers)
                 continue
@@ -259,26 +261,26 @@ class Proxy:
     `on_upstream_complete`. Connecting, streaming a body and retrying run in a task.
     """
 
-    def __init__(
-        self,
-        pools: dict[str, UpstreamPool],
-        timeouts: dict[str, float],
-        finished: Finished,
-    ) -> None:
-        self.pools = pools
-        self.timeouts = timeouts
+    def __init__(self, finished: Finished) -> None:
         self.finished = finished  # (ctx, error): the request ended, maybe with an upstream error
         self.loop = asyncio.get_running_loop()
+        self.fast_done: Callable[[Exchange], None] = self._fast_done  # bound once, not per request
 
-    def start(self, ctx: RequestContext, chain: FilterChain, upstream_id: str, upstream_path: bytes) -> None:
+    def start(
+        self,
+        ctx: RequestContext,
+        chain: FilterChain,
+        pool: UpstreamPool,
+        timeout: float,
+        upstream_path: bytes,
+    ) -> None:
+        """Forward to `pool` (the route's upstream); `timeout` is its timeout_secs."""
         cycle = ctx.cycle
-        pool = self.pools[upstream_id]
-        timeout = self.timeouts[upstream_id]
         head = build_request_head(ctx, pool, upstream_path)
         if cycle.body is None:
             conn = pool.acquire_idle()
             if conn is not None:
-                exchange = Exchange(ctx, chain, conn, head, timeout, self._fast_done)
+                exchange = Exchange(ctx, chain, conn, head, timeout, self.fast_done)
                 cycle.on_cancel = exchange.cancel
                 # send_head(), inlined for the fast path.
                 cycle.upstream_deadline = deadline = ctx.start + timeout

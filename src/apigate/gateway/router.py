@@ -21,12 +21,16 @@ from apigate.config.schema import RouteConfig
 
 if TYPE_CHECKING:
     from apigate.gateway.filters import FilterChain
+    from apigate.http.client import UpstreamPool
 
 
 class Route:
-    """One compiled route; `chain` is set by the app once the filters are built."""
+    """One compiled route; the app sets `chain` once the filters are built, and `pool` and
+    `timeout` from its upstream (no lookup by upstream id per request)."""
 
     chain: FilterChain
+    pool: UpstreamPool
+    timeout: float
 
     def __init__(
         self,

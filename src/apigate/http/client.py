@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from apigate.http import clock
-from apigate.http.headers import CONTENT_LENGTH, TRANSFER_ENCODING, Headers
+from apigate.http.headers import CONTENT_LENGTH, TRANSFER_ENCODING, Headers, length_mask
 
 # An idle connection older than this is closed rather than reused: many servers close
 # idle keep-alives after 5-75 s, and reusing one they are about to close costs a retry.
@@ -87,6 +87,7 @@ class ResponseSink:
 
 
 _FRAMING: Final = frozenset({CONTENT_LENGTH, TRANSFER_ENCODING})
+_FRAMING_LENGTHS: Final = length_mask(_FRAMING)
 
 
 def _discard(chunk: bytes) -> None:
@@ -244,7 +245,7 @@ class UpstreamConnection:
         name = name.lower()
         self.headers.append((name, value))
         # Framing noted here rather than in a second pass over the headers.
-        if name in _FRAMING:
+        if _FRAMING_LENGTHS >> len(name) & 1 and name in _FRAMING:
             if name == CONTENT_LENGTH:
                 self.length = int(value)  # llhttp already rejected a malformed length
             else:

@@ -47,6 +47,16 @@ GATEWAY_SET_REQUEST: Final[frozenset[bytes]] = frozenset(
 
 MAX_REQUEST_ID_CHARS: Final = 128
 
+
+def length_mask(names: frozenset[bytes]) -> int:
+    """A bit per name length: `mask >> len(name) & 1` rules a name out of `names` without
+    hashing it (a fresh bytes object from the parser hashes all its bytes first)."""
+    mask = 0
+    for name in names:
+        mask |= 1 << len(name)
+    return mask
+
+
 _STATUS_LINES: Final[dict[int, bytes]] = {}
 
 

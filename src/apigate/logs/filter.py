@@ -9,7 +9,7 @@ filters' `on_complete` has recorded what they know.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from apigate.config.schema import Config
 from apigate.gateway.context import RequestContext
@@ -24,8 +24,8 @@ from apigate.logs.sampling import Sampler
 if TYPE_CHECKING:
     from apigate.logs.pipeline import Pipeline
 
-USER_AGENT = b"user-agent"
-_LEVEL_NAMES = {20: "INFO", 30: "WARN", 40: "ERROR"}
+USER_AGENT: Final = b"user-agent"
+_LEVEL_NAMES: Final = {20: "INFO", 30: "WARN", 40: "ERROR"}
 
 
 def access_threshold(cfg: Config) -> int:
