@@ -35,12 +35,13 @@ from apigate.http.headers import (
     GATEWAY_SET_REQUEST,
     HOP_BY_HOP,
     HOST,
+    TRIVIAL_CONNECTION_TOKENS,
     X_FORWARDED_FOR,
     Headers,
     chunk_size_line,
     connection_tokens,
     content_length_line,
-    length_mask,
+    names_other_fields,
 )
 
 if TYPE_CHECKING:
@@ -51,10 +52,6 @@ if TYPE_CHECKING:
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 REPLAY_MAX_BYTES: Final = 64 * 1024  # request bodies up to this size are kept for one retry
 _SKIP_REQUEST: Final = HOP_BY_HOP | GATEWAY_SET_REQUEST | {CONTENT_LENGTH, EXPECT, X_FORWARDED_FOR}
-_SKIP_RESPONSE: Final = HOP_BY_HOP | {CONTENT_LENGTH}
-_SKIP_RESPONSE_LENGTHS: Final = length_mask(_SKIP_RESPONSE)
-_TRIVIAL_CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close"})
-_TRIVIAL_CONNECTION_VALUES: Final = frozenset({b"keep-alive", b"close", b""})
 _now: Final = clock.now  # a C static: the module attribute would be looked up per call
 
 
@@ -79,7 +76,7 @@ def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: b
                 xff = value if xff is None else xff + b", " + value
             elif name == HOST:
                 host = value
-            elif name == CONNECTION and value.lower() not in _TRIVIAL_CONNECTION_VALUES:
+            elif name == CONNECTION and names_other_fields(value):
                 # Connection names more hop-by-hop fields (rare): drop them and start over.
                 named = _connection_named(headers)
                 if named:
@@ -116,7 +113,7 @@ def _connection_named(headers: Headers) -> set[bytes] | None:
     named: set[bytes] | None = None
     for name, value in headers:
         if name == CONNECTION:
-            tokens = connection_tokens(value) - _TRIVIAL_CONNECTION_TOKENS
+            tokens = connection_tokens(value) - TRIVIAL_CONNECTION_TOKENS
             if tokens:
                 named = tokens if named is None else named | tokens
     return named
@@ -171,29 +168,20 @@ class Exchange(ResponseSink):
         self.conn.send(self, self.head, cycle.method == "HEAD")
 
     # ------------------------------------------------------------------ ResponseSink
-    def on_upstream_head(self, status: int, headers: Headers, length: int | None) -> None:
+    def on_upstream_head(self, status: int, lines: list[bytes], length: int | None) -> None:
+        # `lines`: the upstream's end-to-end fields, already serialized by the upstream
+        # connection (hop-by-hop ones dropped). The filters add theirs after them.
         self.got_head = True
         ctx = self.ctx
         now = _now()
         ctx.upstream_duration = now - ctx.start
-        out: Headers = []
-        named: set[bytes] | None = None
-        for header in headers:
-            name = header[0]
-            if _SKIP_RESPONSE_LENGTHS >> len(name) & 1 and name in _SKIP_RESPONSE:
-                if name == CONNECTION and header[1].lower() not in _TRIVIAL_CONNECTION_VALUES:
-                    named = _connection_named(headers)
-                continue
-            out.append(header)
-        if named:
-            # After the loop: a field Connection names may also come after Connection.
-            out = [(n, v) for n, v in out if n not in named]
-        if ctx.response_headers:
-            out.extend(ctx.response_headers)
-        self.chain.run_response(ctx, status, out)
+        added: Headers = list(ctx.response_headers) if ctx.response_headers else []
+        self.chain.run_response(ctx, status, added)
+        for name, value in added:
+            lines += (name, b": ", value, b"\r\n")
         cycle = self.cycle
         ctx.status = status
-        cycle.start_response(status, out, length)
+        cycle.start_response_lines(status, lines, length)
         # While the body streams, the upstream must keep sending within its timeout.
         cycle.upstream_deadline = now + self.timeout
         conn = self.conn
@@ -202,10 +190,9 @@ class Exchange(ResponseSink):
         cycle.flow_progress = conn.progress
         if cycle.proto.write_paused:
             conn.pause_reading()
-        # Identity-framed bodies go straight to the client's write (no per-chunk hops).
-        conn.on_body_chunk = (
-            cycle.proto.write if cycle.write_body and not cycle.chunked_response else cycle.write
-        )
+
+    def on_upstream_body(self, chunk: bytes) -> None:
+        self.cycle.write(chunk)
 
     def on_upstream_complete(self) -> None:
         cycle = self.cycle

@@ -21,7 +21,16 @@ from urllib.parse import urlsplit
 import httptools
 
 from apigate.http import clock
-from apigate.http.headers import CONTENT_LENGTH, TRANSFER_ENCODING, Headers, length_mask
+from apigate.http.headers import (
+    CONNECTION,
+    CONTENT_LENGTH,
+    HOP_BY_HOP,
+    TRANSFER_ENCODING,
+    TRIVIAL_CONNECTION_TOKENS,
+    connection_tokens,
+    length_mask,
+    names_other_fields,
+)
 
 # An idle connection older than this is closed rather than reused: many servers close
 # idle keep-alives after 5-75 s, and reusing one they are about to close costs a retry.
@@ -75,8 +84,12 @@ class ResponseSink:
     def uncork(self) -> None:
         raise NotImplementedError
 
-    def on_upstream_head(self, status: int, headers: Headers, length: int | None) -> None:
-        """Also sets the connection's `on_body_chunk` to where the body goes."""
+    def on_upstream_head(self, status: int, lines: list[bytes], length: int | None) -> None:
+        """The response head: `lines` are its end-to-end fields, serialized (`name`, `: `,
+        `value`, CRLF pieces); `length` is its Content-Length, None for a streamed body."""
+        raise NotImplementedError
+
+    def on_upstream_body(self, chunk: bytes) -> None:
         raise NotImplementedError
 
     def on_upstream_complete(self) -> None:
@@ -86,21 +99,31 @@ class ResponseSink:
         raise NotImplementedError
 
 
-_FRAMING: Final = frozenset({CONTENT_LENGTH, TRANSFER_ENCODING})
-_FRAMING_LENGTHS: Final = length_mask(_FRAMING)
+# Response fields that never reach the client: hop-by-hop ones (RFC 9110 §7.6.1), and
+# Content-Length, which the listener writes itself from the parsed length.
+_NOT_FORWARDED: Final = HOP_BY_HOP | {CONTENT_LENGTH}
+_NOT_FORWARDED_LENGTHS: Final = length_mask(_NOT_FORWARDED)
 
 
-def _discard(chunk: bytes) -> None:
-    return None
+class ConnState:
+    """An upstream connection's states. Final ints rather than an Enum: compiled, they are
+    constants compared in C, where an enum member is an attribute lookup on a Python class
+    (several per request)."""
+
+    CONNECTING: Final = 0
+    IDLE: Final = 1
+    ACTIVE: Final = 2
+    CLOSED: Final = 3
+    NAMES: Final = ("connecting", "idle", "active", "closed")
 
 
-# Connection states, as ints: compiled, comparing two is a C compare, where an enum
-# member is an attribute lookup on a Python class (several per request).
-CONNECTING: Final = 0
-IDLE: Final = 1
-ACTIVE: Final = 2
-CLOSED: Final = 3
-STATE_NAMES: Final = ("connecting", "idle", "active", "closed")
+def _drop_named(lines: list[bytes], named: set[bytes]) -> list[bytes]:
+    """`lines` without the fields a Connection header named (they are hop-by-hop too)."""
+    kept: list[bytes] = []
+    for i in range(0, len(lines), 4):
+        if lines[i].lower() not in named:
+            kept += lines[i : i + 4]
+    return kept
 
 
 class UpstreamConnection:
@@ -112,7 +135,7 @@ class UpstreamConnection:
         self.loop = pool.loop
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpResponseParser(self)
-        self.state = CONNECTING
+        self.state = ConnState.CONNECTING
         self.requests = 0  # responses completed on this connection
         self.idle_since = 0.0
         self.write_paused = False
@@ -121,7 +144,8 @@ class UpstreamConnection:
         # per response
         self.sink: ResponseSink | None = None
         self.head_only = False
-        self.headers: Headers = []
+        self.lines: list[bytes] = []  # the end-to-end fields so far, serialized
+        self.named: set[bytes] | None = None  # fields a Connection header named
         self.status = 0
         self.length: int | None = None  # Content-Length of the response being parsed
         self.chunked = False
@@ -129,17 +153,16 @@ class UpstreamConnection:
         self.keep_alive = True
         self.got_head = False
         self.reset_parser = False
-        self.on_body_chunk: Callable[[bytes], None] = _discard
 
     def __repr__(self) -> str:
-        return f"<UpstreamConnection {self.pool.key} {STATE_NAMES[self.state]} requests={self.requests}>"
+        return f"<UpstreamConnection {self.pool.key} {ConnState.NAMES[self.state]} requests={self.requests}>"
 
     # ------------------------------------------------------------------ predicates
     @property
     def is_usable(self) -> bool:
         """Idle, open, and not past POOL_IDLE_TIMEOUT_S."""
         return (
-            self.state == IDLE
+            self.state == ConnState.IDLE
             and not self.transport.is_closing()
             and _now() - self.idle_since < POOL_IDLE_TIMEOUT_S
         )
@@ -147,7 +170,7 @@ class UpstreamConnection:
     # ------------------------------------------------------------------ request side
     def send(self, sink: ResponseSink, head: bytes, head_only: bool) -> None:
         """Start a request: the head now, the body (if any) through write_body()."""
-        self.state = ACTIVE
+        self.state = ConnState.ACTIVE
         self.sink = sink
         self.head_only = head_only
         self.got_head = False
@@ -163,22 +186,22 @@ class UpstreamConnection:
         # 401/413); the exchange then ends through its sink. Writing to the closed uvloop
         # transport would raise RuntimeError and kill the proxy task, leaving the client
         # hanging until its request timeout.
-        if self.state != CLOSED and not self.transport.is_closing():
+        if self.state != ConnState.CLOSED and not self.transport.is_closing():
             self.transport.write(data)
 
     async def drain(self) -> None:
-        if self.write_paused and self.state != CLOSED:
+        if self.write_paused and self.state != ConnState.CLOSED:
             self.drain_waiter = self.loop.create_future()
             await self.drain_waiter
 
     def close(self) -> None:
-        if self.state != CLOSED:
-            self.state = CLOSED
+        if self.state != ConnState.CLOSED:
+            self.state = ConnState.CLOSED
             self.sink = None
             self.transport.close()
 
     def abort(self) -> None:
-        self.state = CLOSED
+        self.state = ConnState.CLOSED
         self.sink = None
         if self.transport is not None:
             self.transport.abort()
@@ -214,7 +237,7 @@ class UpstreamConnection:
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state = CLOSED
+        self.state = ConnState.CLOSED
         self.pool.forget(self)
         if self.drain_waiter is not None and not self.drain_waiter.done():
             self.drain_waiter.set_result(None)
@@ -233,33 +256,45 @@ class UpstreamConnection:
                 w.set_result(None)
 
     def pause_reading(self) -> None:
-        if self.state != CLOSED:
+        if self.state != ConnState.CLOSED:
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.state != CLOSED:
+        if self.state != ConnState.CLOSED:
             self.transport.resume_reading()
 
     # ------------------------------------------------------------------ parser callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        self.headers.append((name, value))
-        # Framing noted here rather than in a second pass over the headers.
-        if _FRAMING_LENGTHS >> len(name) & 1 and name in _FRAMING:
-            if name == CONTENT_LENGTH:
-                self.length = int(value)  # llhttp already rejected a malformed length
-            else:
-                self.chunked = True
+        # Forwarded fields are serialized as they arrive, with the upstream's spelling of
+        # the name (as nginx does): no tuple, no second pass, no lowercasing. Only a name as
+        # long as a field that is not forwarded is lowered and looked up.
+        if _NOT_FORWARDED_LENGTHS >> len(name) & 1:
+            low = name.lower()
+            if low in _NOT_FORWARDED:
+                if low == CONTENT_LENGTH:
+                    self.length = int(value)  # llhttp already rejected a malformed length
+                elif low == TRANSFER_ENCODING:
+                    self.chunked = True
+                elif low == CONNECTION and names_other_fields(value):
+                    tokens = connection_tokens(value) - TRIVIAL_CONNECTION_TOKENS
+                    self.named = tokens if self.named is None else self.named | tokens
+                return
+        self.lines += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
-        headers = self.headers
-        self.headers = []
+        lines = self.lines
+        self.lines = []
+        named = self.named
+        self.named = None
         status = self.parser.get_status_code()
         if status < 200:
             # Interim responses (100, 103) are not forwarded; llhttp parses the final one next.
             self.length = None
             self.chunked = False
             return
+        if named:
+            # After the whole head: a field Connection names may come before Connection.
+            lines = _drop_named(lines, named)
         self.status = status
         self.got_head = True
         self.keep_alive = self.parser.should_keep_alive()
@@ -272,28 +307,28 @@ class UpstreamConnection:
         self.until_close = length is None and not chunked and status not in (204, 304) and not self.head_only
         sink = self.sink
         if sink is not None:
-            sink.on_upstream_head(status, headers, length)
+            sink.on_upstream_head(status, lines, length)
         if self.head_only:
             self.reset_parser = True
             self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
-        self.on_body_chunk(body)
+        sink = self.sink
+        if sink is not None:
+            sink.on_upstream_body(body)
 
     def on_message_complete(self) -> None:
         sink = self.sink
         if sink is None or not self.got_head:
             return
         self.sink = None
-        self.on_body_chunk = _discard
         self.requests += 1
         sink.on_upstream_complete()
 
     def _fail(self, error: UpstreamError) -> None:
         sink = self.sink
         self.sink = None
-        self.on_body_chunk = _discard
-        if self.state != CLOSED:
+        if self.state != ConnState.CLOSED:
             self.abort()
         if sink is not None:
             sink.on_upstream_failed(error)
@@ -347,8 +382,12 @@ class UpstreamPool:
             while idle:
                 conn = idle.pop()
                 # is_usable, inlined: this runs once per proxied request.
-                if conn.state == IDLE and conn.idle_since > oldest_ok and not conn.transport.is_closing():
-                    conn.state = ACTIVE
+                if (
+                    conn.state == ConnState.IDLE
+                    and conn.idle_since > oldest_ok
+                    and not conn.transport.is_closing()
+                ):
+                    conn.state = ConnState.ACTIVE
                     self.active += 1
                     return conn
                 conn.close()
@@ -377,7 +416,7 @@ class UpstreamPool:
                 raise ConnectFailed(f"connect to {self.key} failed: {e.strerror or e}") from None
         finally:
             self.connecting -= 1
-        conn.state = ACTIVE
+        conn.state = ConnState.ACTIVE
         self.active += 1
         return conn
 
@@ -387,11 +426,11 @@ class UpstreamPool:
         if (
             reusable
             and conn.keep_alive
-            and conn.state == ACTIVE
+            and conn.state == ConnState.ACTIVE
             and conn.sink is None
             and len(self.idle) < self.max_idle
         ):
-            conn.state = IDLE
+            conn.state = ConnState.IDLE
             conn.idle_since = _now()
             self.idle.append(conn)
         else:

@@ -74,16 +74,43 @@ def status_line(status: int) -> bytes:
     return line
 
 
-# Compiled, `b"...%d" % n` goes through the generic bytes formatting machinery; str(n) and
-# a concatenation cost a fraction of it on every response.
+_CL_LINES_CACHED: Final = 8192  # Content-Length lines kept for bodies smaller than this
+_CL_LINES: Final[list[bytes | None]] = [None] * _CL_LINES_CACHED
+
+
 def content_length_line(length: int) -> bytes:
-    """`content-length: <n>\r\n`."""
+    """`content-length: <n>\r\n`; small bodies' lines are made once and reused."""
+    if 0 <= length < _CL_LINES_CACHED:
+        line = _CL_LINES[length]
+        if line is None:
+            line = _CL_LINES[length] = _content_length_line(length)
+        return line
+    return _content_length_line(length)
+
+
+# Compiled, `b"...%d" % n` goes through the generic bytes formatting machinery; str(n) and
+# a concatenation cost a fraction of it.
+def _content_length_line(length: int) -> bytes:
     return b"content-length: " + str(length).encode("ascii") + b"\r\n"
 
 
 def chunk_size_line(size: int) -> bytes:
     """A chunk-size line of the chunked coding (RFC 9112 §7.1): hex digits, CRLF."""
     return hex(size)[2:].encode("ascii") + b"\r\n"
+
+
+# Connection values that name no other field: the usual case is left unparsed.
+TRIVIAL_CONNECTION_TOKENS: Final = frozenset({b"keep-alive", b"close"})
+TRIVIAL_CONNECTION_VALUES: Final = frozenset({b"keep-alive", b"close", b""})
+# The same as commonly capitalised: most values match here and are never lowered.
+TRIVIAL_CONNECTION_AS_SENT: Final = TRIVIAL_CONNECTION_VALUES | {b"Keep-Alive", b"Close"}
+
+
+def names_other_fields(connection: bytes) -> bool:
+    """Whether a Connection value names fields beyond keep-alive/close (rare)."""
+    return (
+        connection not in TRIVIAL_CONNECTION_AS_SENT and connection.lower() not in TRIVIAL_CONNECTION_VALUES
+    )
 
 
 def connection_tokens(value: bytes) -> set[bytes]:

@@ -166,6 +166,15 @@ class RequestCycle:
 
     def start_response(self, status: int, headers: Headers, content_length: int | None) -> None:
         """Write the status line and headers; `content_length=None` means a streamed body."""
+        lines: list[bytes] = []
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
+        self.start_response_lines(status, lines, content_length)
+
+    def start_response_lines(self, status: int, lines: list[bytes], content_length: int | None) -> None:
+        """`start_response` with the fields already serialized: `name`, `: `, `value`, CRLF
+        pieces (the proxy's way: it forwards the upstream's fields as they were parsed).
+        The listener adds the status line, framing, Connection and the blank line."""
         assert not self.response_started
         self.response_started = True
         self.status = status
@@ -174,9 +183,8 @@ class RequestCycle:
             # An unread request body leaves the connection unusable. Draining ends keep-alive
             # after the last request already received (pipelined ones are still answered).
             self.keep_alive = False
-        out = [status_line(status)]
-        for name, value in headers:
-            out += (name, b": ", value, b"\r\n")
+        out = lines
+        out.insert(0, status_line(status))
         if content_length is not None:
             out.append(content_length_line(content_length))
             self.response_length = content_length if self.write_body else 0
