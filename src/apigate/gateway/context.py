@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+from mypy_extensions import mypyc_attr
+
 from apigate.http.headers import Headers
 
 if TYPE_CHECKING:
@@ -15,6 +17,9 @@ _NO_HEADERS: Final[Headers] = []  # shared default; filters assign a new list, n
 _NO_PARAMS: Final[dict[str, str]] = {}
 
 
+# One freed instance is kept for the next request (compiled): per-request objects are
+# made and freed in turn, so most requests skip the allocator.
+@mypyc_attr(free_list_len=1)
 class RequestContext:
     """Everything known about one request, from arrival to the access-log event.
 

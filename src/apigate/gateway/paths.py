@@ -15,8 +15,26 @@ _UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu
 _PCT: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
 
 
+_SPLIT_CACHE: Final[dict[bytes, tuple[str, bytes]]] = {}
+_SPLIT_CACHE_MAX: Final = 4096  # distinct targets remembered; past it, each is split anew
+
+
 def split_target(target: bytes) -> tuple[str, bytes] | None:
-    """(normalised path, raw query with its '?') or None for a target we cannot route."""
+    """(normalised path, raw query with its '?') or None for a target we cannot route.
+
+    Remembered per target for the first few thousand: most traffic repeats a few paths,
+    and a remembered path is one shared str whose hash the router's lookup already knows.
+    """
+    hit = _SPLIT_CACHE.get(target)
+    if hit is not None:
+        return hit
+    split = _split_target(target)
+    if split is not None and len(_SPLIT_CACHE) < _SPLIT_CACHE_MAX:
+        _SPLIT_CACHE[target] = split
+    return split
+
+
+def _split_target(target: bytes) -> tuple[str, bytes] | None:
     # The tests of the common case run on str: compiled, `in` and find() on bytes go
     # through the buffer protocol and cost several times more. latin-1 keeps the indexes.
     text = target.decode("latin-1")

@@ -30,6 +30,7 @@ from apigate.http.headers import (
     connection_tokens,
     length_mask,
     names_other_fields,
+    parse_length,
 )
 
 # An idle connection older than this is closed rather than reused: many servers close
@@ -272,14 +273,18 @@ class UpstreamConnection:
             low = name.lower()
             if low in _NOT_FORWARDED:
                 if low == CONTENT_LENGTH:
-                    self.length = int(value)  # llhttp already rejected a malformed length
+                    self.length = parse_length(value)  # llhttp already rejected a malformed length
                 elif low == TRANSFER_ENCODING:
                     self.chunked = True
                 elif low == CONNECTION and names_other_fields(value):
                     tokens = connection_tokens(value) - TRIVIAL_CONNECTION_TOKENS
                     self.named = tokens if self.named is None else self.named | tokens
                 return
-        self.lines += (name, b": ", value, b"\r\n")
+        lines = self.lines
+        lines.append(name)  # four appends: compiled, `+= (...)` builds a tuple first
+        lines.append(b": ")
+        lines.append(value)
+        lines.append(b"\r\n")
 
     def on_headers_complete(self) -> None:
         lines = self.lines
@@ -355,6 +360,7 @@ class UpstreamPool:
         self.key = f"{parts.scheme}://{self.host}:{self.port}"
         netloc_host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = (netloc_host if default_port else f"{netloc_host}:{self.port}").encode("idna")
+        self.host_line = b" HTTP/1.1\r\nhost: " + self.host_header + b"\r\n"  # ends the request line
         self.base_path = parts.path.rstrip("/").encode("latin-1")
         self.max_idle = max_idle
         self.connect_timeout = connect_timeout

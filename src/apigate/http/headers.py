@@ -108,9 +108,26 @@ TRIVIAL_CONNECTION_AS_SENT: Final = TRIVIAL_CONNECTION_VALUES | {b"Keep-Alive", 
 
 def names_other_fields(connection: bytes) -> bool:
     """Whether a Connection value names fields beyond keep-alive/close (rare)."""
+    # Compares before any set lookup: a fresh value from the parser would be hashed first.
+    if connection == b"keep-alive" or connection == b"close" or connection == b"Keep-Alive":
+        return False
     return (
         connection not in TRIVIAL_CONNECTION_AS_SENT and connection.lower() not in TRIVIAL_CONNECTION_VALUES
     )
+
+
+def parse_length(value: bytes) -> int:
+    """A Content-Length value llhttp has already validated, as an int.
+
+    Compiled, `int(value)` is a generic call into int's constructor; the digits loop is a
+    few C operations. Anything but plain digits still goes through int().
+    """
+    n = 0
+    for c in value:
+        if c < 48 or c > 57:
+            return int(value)
+        n = n * 10 + c - 48
+    return n
 
 
 def connection_tokens(value: bytes) -> set[bytes]:

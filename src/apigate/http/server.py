@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from apigate.gateway.errors import error_body, error_headers
 from apigate.http import clock
@@ -38,6 +39,7 @@ from apigate.http.headers import (
     chunk_size_line,
     content_length_line,
     encode_headers,
+    parse_length,
     status_line,
 )
 
@@ -53,6 +55,9 @@ INF: Final = float("inf")
 # the unread bytes with a reset that can destroy the answer in the client's buffers.
 LINGER_IDLE_S: Final = 2.0  # close once the client has been silent this long
 LINGER_MAX_S: Final = 10.0  # and in any case this long after the answer
+# The methods' names as shared str objects: no decoding, and their hashes (route and
+# idempotency lookups) are computed once.
+_METHODS: Final = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 _now: Final = clock.now  # a C static: the module attribute would be looked up per call
 
 
@@ -106,6 +111,9 @@ Handler = Callable[["RequestCycle"], None]
 """Called once per request, synchronously; it must end with `cycle.complete()` (now or later)."""
 
 
+# One freed instance is kept for the next request (compiled): per-request objects are
+# made and freed in turn, so most requests skip the allocator.
+@mypyc_attr(free_list_len=1)
 class RequestCycle:
     """One request and its response on a client connection."""
 
@@ -168,7 +176,10 @@ class RequestCycle:
         """Write the status line and headers; `content_length=None` means a streamed body."""
         lines: list[bytes] = []
         for name, value in headers:
-            lines += (name, b": ", value, b"\r\n")
+            lines.append(name)
+            lines.append(b": ")
+            lines.append(value)
+            lines.append(b"\r\n")
         self.start_response_lines(status, lines, content_length)
 
     def start_response_lines(self, status: int, lines: list[bytes], content_length: int | None) -> None:
@@ -412,7 +423,10 @@ class HttpServerProtocol:
     def on_headers_complete(self) -> None:
         self.in_headers = False
         parser = self.parser
-        method: str = parser.get_method().decode("ascii")
+        raw_method: bytes = parser.get_method()
+        method = _METHODS.get(raw_method)
+        if method is None:
+            method = raw_method.decode("ascii")
         content_length: int | None = None
         expect = False
         chunked = False
@@ -424,7 +438,7 @@ class HttpServerProtocol:
                 if name == HOST:
                     hosts += 1
                 elif name == CONTENT_LENGTH:
-                    content_length = int(value)  # llhttp already rejected non-numeric values
+                    content_length = parse_length(value)  # llhttp already rejected non-numeric values
                 elif name == X_REQUEST_ID:
                     request_id = value
                 elif name == EXPECT:
