@@ -10,8 +10,10 @@ A filter implements only the phases it needs:
   of the gateway's per-request cost in Python.
   A filter that returns an `asyncio.Future` (the rate limiter's batched Redis check),
   when no filter runs after it, is continued from the future's done-callback: no task.
-- `on_response(ctx, status, headers)` may append headers; runs in reverse order, on
-  proxied responses and local replies alike.
+- `on_response(ctx, status, headers)` appends the headers a filter adds to the response;
+  runs in reverse order, on proxied responses and local replies alike. For a proxied
+  response `headers` holds only what the gateway adds: the upstream's own fields are
+  forwarded as the upstream connection parsed them, already serialized.
 - `on_complete(ctx)` records metrics and the log event after the response; it never
   awaits and never raises (an exception there is logged and swallowed).
 

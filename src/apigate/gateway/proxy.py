@@ -140,6 +140,7 @@ class Exchange(ResponseSink):
         "head",
         "loop",
         "on_done",
+        "proxy",
         "timeout",
     )
 
@@ -150,8 +151,11 @@ class Exchange(ResponseSink):
         conn: UpstreamConnection,
         head: bytes,
         timeout: float,
-        on_done: Callable[[Exchange], None],
+        on_done: Callable[[Exchange], None] | None,
+        proxy: Proxy | None = None,
     ) -> None:
+        """Ends through `proxy.fast_done(self)` when `proxy` is given (a direct call,
+        compiled), else through `on_done(self)`."""
         self.ctx = ctx
         self.cycle: RequestCycle = ctx.cycle
         self.chain = chain
@@ -160,6 +164,7 @@ class Exchange(ResponseSink):
         self.loop = conn.loop
         self.timeout = timeout
         self.on_done = on_done
+        self.proxy = proxy
         self.error: UpstreamError | None = None
         self.got_head = False
 
@@ -213,12 +218,12 @@ class Exchange(ResponseSink):
             cycle.end()
         else:
             cycle.response_complete = True
-        self.on_done(self)
+        self._done()
 
     def on_upstream_failed(self, error: UpstreamError) -> None:
         self.error = error
         self.cycle.flow = None
-        self.on_done(self)
+        self._done()
 
     def cancel(self) -> None:
         """The listener gave up (deadline passed, client gone): drop the upstream connection
@@ -226,7 +231,14 @@ class Exchange(ResponseSink):
         self.conn.abort()  # no more callbacks from it
         self.cycle.flow = None
         self.error = _CANCELLED
-        self.on_done(self)
+        self._done()
+
+    def _done(self) -> None:
+        proxy = self.proxy
+        if proxy is not None:
+            proxy.fast_done(self)
+        elif self.on_done is not None:
+            self.on_done(self)
 
 
 class Cancelled(UpstreamError):
@@ -262,7 +274,6 @@ class Proxy:
     def __init__(self, finished: Finished) -> None:
         self.finished = finished  # (ctx, error): the request ended, maybe with an upstream error
         self.loop = asyncio.get_running_loop()
-        self.fast_done: Callable[[Exchange], None] = self._fast_done  # bound once, not per request
 
     def start(
         self,
@@ -276,9 +287,9 @@ class Proxy:
         cycle = ctx.cycle
         head = build_request_head(ctx, pool, upstream_path)
         if cycle.body is None:
-            conn = pool.acquire_idle()
+            conn = pool.acquire_idle(ctx.start)  # the request began a moment ago
             if conn is not None:
-                exchange = Exchange(ctx, chain, conn, head, timeout, self.fast_done)
+                exchange = Exchange(ctx, chain, conn, head, timeout, None, self)
                 cycle.on_cancel = exchange.cancel
                 # send_head(), inlined for the fast path.
                 cycle.upstream_deadline = deadline = ctx.start + timeout
@@ -301,12 +312,14 @@ class Proxy:
         task = self.loop.create_task(self._forward(ctx, chain, pool, head, timeout, retried))
         ctx.cycle.on_cancel = partial(self._cancel_task, ctx, task)
 
-    def _fast_done(self, exchange: Exchange) -> None:
+    def fast_done(self, exchange: Exchange) -> None:
+        """The end of a fast-path exchange (see the class)."""
         ctx = exchange.ctx
         conn = exchange.conn
         ctx.cycle.on_cancel = None
         error = exchange.error
-        conn.pool.release(conn, error is None)
+        up = ctx.upstream_duration  # when the response head came: a moment ago
+        conn.pool.release(conn, error is None, ctx.start + up if up is not None else 0.0)
         if error is None:
             # The app's success ending, inlined: on_complete filters, then the listener.
             ctx.completed = True

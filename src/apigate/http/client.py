@@ -380,11 +380,14 @@ class UpstreamPool:
         counts = f"idle={len(self.idle)} active={self.active} connecting={self.connecting}"
         return f"<UpstreamPool {self.key} {counts}>"
 
-    def acquire_idle(self) -> UpstreamConnection | None:
-        """A reusable idle connection, or None. Synchronous: no other request can take it."""
+    def acquire_idle(self, now: float = 0.0) -> UpstreamConnection | None:
+        """A reusable idle connection, or None. Synchronous: no other request can take it.
+
+        `now`: the request clock (`clock.now()`) when the caller already read it.
+        """
         idle = self.idle
         if idle:
-            oldest_ok = _now() - POOL_IDLE_TIMEOUT_S
+            oldest_ok = (now or _now()) - POOL_IDLE_TIMEOUT_S
             while idle:
                 conn = idle.pop()
                 # is_usable, inlined: this runs once per proxied request.
@@ -426,8 +429,12 @@ class UpstreamPool:
         self.active += 1
         return conn
 
-    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
-        """Return a connection after its response; close it unless it can serve another."""
+    def release(self, conn: UpstreamConnection, reusable: bool, now: float = 0.0) -> None:
+        """Return a connection after its response; close it unless it can serve another.
+
+        `now`: the request clock when the caller already read it, or a moment before (an
+        earlier time only makes the connection look idle for longer: never reused stale).
+        """
         self.active -= 1
         if (
             reusable
@@ -437,7 +444,7 @@ class UpstreamPool:
             and len(self.idle) < self.max_idle
         ):
             conn.state = ConnState.IDLE
-            conn.idle_since = _now()
+            conn.idle_since = now or _now()
             self.idle.append(conn)
         else:
             conn.close()
