@@ -270,7 +270,13 @@ class UpstreamConnection:
         # the name (as nginx does): no tuple, no second pass, no lowercasing. Only a name as
         # long as a field that is not forwarded is lowered and looked up.
         if _NOT_FORWARDED_LENGTHS >> len(name) & 1:
-            low = name.lower()
+            # The usual spellings are compared, not lowered: the constants' hashes are known.
+            if name == b"Content-Length":
+                low = CONTENT_LENGTH
+            elif name == b"Connection":
+                low = CONNECTION
+            else:
+                low = name.lower()
             if low in _NOT_FORWARDED:
                 if low == CONTENT_LENGTH:
                     self.length = parse_length(value)  # llhttp already rejected a malformed length

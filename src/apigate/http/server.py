@@ -418,7 +418,8 @@ class HttpServerProtocol:
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.limits.max_header_bytes:
             raise HttpError("headers_too_large")
-        self.headers.append((name.lower(), value))
+        # Host is in every request: its usual spelling is compared, not lowered and hashed.
+        self.headers.append((HOST if name == b"Host" else name.lower(), value))
 
     def on_headers_complete(self) -> None:
         self.in_headers = False
