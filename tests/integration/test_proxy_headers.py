@@ -199,3 +199,38 @@ def test_response_hop_by_hop_headers_are_removed(
             else:
                 assert r.all("transfer-encoding") == []
                 assert r.header("content-length") == "7"
+
+
+SPELLED_HEADERS = [
+    ("X-Mixed-Case", "as-sent"),
+    ("Content-Type", "text/plain"),
+    ("KEEP-ALIVE", "timeout=5"),
+    ("CONNECTION", "X-Named-Upper"),
+    ("x-named-upper", "gone"),
+]
+
+
+def test_response_fields_keep_the_upstreams_spelling_and_hop_by_hop_goes_in_any_case(
+    gateway: GatewayFactory, scripted: Any
+) -> None:
+    async def handler(req: UpRequest, conn: Conn) -> bool:
+        await conn.respond(200, b"spelled", SPELLED_HEADERS)
+        return True
+
+    gw = gateway({"up": scripted(handler).url})
+    with RawConn(gw.port) as c:
+        c.send(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+        raw = b""
+        while not raw.endswith(b"spelled"):
+            chunk = c.sock.recv(65536)
+            assert chunk, raw
+            raw += chunk
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    # Forwarded as the upstream spelled them (field names are case-insensitive, RFC 9110
+    # §5.1; nginx forwards them the same way) ...
+    assert b"X-Mixed-Case: as-sent" in head and b"Content-Type: text/plain" in head
+    # ... while hop-by-hop fields go whatever their case, with the field CONNECTION named.
+    names = {line.split(b":", 1)[0].lower() for line in head[1:]}
+    assert not names & {b"keep-alive", b"connection", b"x-named-upper"}, head
+    lengths = [line for line in head[1:] if line.lower().startswith(b"content-length:")]
+    assert lengths == [b"content-length: 7"]  # the gateway's own framing, once
