@@ -287,7 +287,7 @@ class Proxy:
         cycle = ctx.cycle
         head = build_request_head(ctx, pool, upstream_path)
         if cycle.body is None:
-            conn = pool.acquire_idle(ctx.start)  # the request began a moment ago
+            conn = pool.acquire_idle()
             if conn is not None:
                 exchange = Exchange(ctx, chain, conn, head, timeout, None, self)
                 cycle.on_cancel = exchange.cancel

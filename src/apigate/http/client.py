@@ -386,14 +386,13 @@ class UpstreamPool:
         counts = f"idle={len(self.idle)} active={self.active} connecting={self.connecting}"
         return f"<UpstreamPool {self.key} {counts}>"
 
-    def acquire_idle(self, now: float = 0.0) -> UpstreamConnection | None:
-        """A reusable idle connection, or None. Synchronous: no other request can take it.
-
-        `now`: the request clock (`clock.now()`) when the caller already read it.
-        """
+    def acquire_idle(self) -> UpstreamConnection | None:
+        """A reusable idle connection, or None. Synchronous: no other request can take it."""
         idle = self.idle
         if idle:
-            oldest_ok = (now or _now()) - POOL_IDLE_TIMEOUT_S
+            # The clock now, not the request's start: a request that waited (pipelined, or
+            # on a filter) would otherwise accept a connection idle for too long.
+            oldest_ok = _now() - POOL_IDLE_TIMEOUT_S
             while idle:
                 conn = idle.pop()
                 # is_usable, inlined: this runs once per proxied request.

@@ -17,11 +17,12 @@ Headers = list[tuple[bytes, bytes]]
 # clients still send it (nginx and Envoy drop it too).
 # Final throughout: compiled, a Final module constant is a C static, any other module
 # global a dict lookup on every use.
+PROXY_CONNECTION: Final = b"proxy-connection"  # llhttp honours it like Connection
 HOP_BY_HOP: Final[frozenset[bytes]] = frozenset(
     {
         b"connection",
         b"keep-alive",
-        b"proxy-connection",
+        PROXY_CONNECTION,
         b"te",
         b"transfer-encoding",
         b"upgrade",

@@ -33,6 +33,7 @@ from apigate.http.headers import (
     CONTENT_LENGTH,
     EXPECT,
     HOST,
+    PROXY_CONNECTION,
     TRANSFER_ENCODING,
     X_REQUEST_ID,
     Headers,
@@ -48,7 +49,9 @@ log: Final = logging.getLogger("apigate.http")
 CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 UNCORK_JOIN_MAX: Final = 256 * 1024  # corked writes up to this size are joined, larger ones vectored
 MAX_PIPELINED: Final = 32  # queued requests per connection before reading pauses
-_NOTED: Final = frozenset({CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, X_REQUEST_ID, HOST, CONNECTION})
+_NOTED: Final = frozenset(
+    {CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, X_REQUEST_ID, HOST, CONNECTION, PROXY_CONNECTION}
+)
 INF: Final = float("inf")
 # Lingering close (nginx's lingering_close): after an answer given while the client was
 # still sending, read and discard for a while before closing, else the kernel answers
@@ -446,14 +449,15 @@ class HttpServerProtocol:
                     if value.lower() != b"100-continue":
                         raise HttpError("bad_request")
                     expect = True
-                elif name == CONNECTION:
+                elif name == CONNECTION or name == PROXY_CONNECTION:
                     connection = True
                 else:
                     chunked = True
         keep_alive: bool = parser.should_keep_alive()
         # llhttp keeps a connection alive by default only for HTTP/1.1 (it accepts 0.9,
-        # 1.0, 1.1 and 2.0): without a Connection header, keep-alive means 1.1, which
-        # spares get_http_version() (it formats a new string) on nearly every request.
+        # 1.0, 1.1 and 2.0): without a Connection header (nor Proxy-Connection, which
+        # llhttp reads the same way), keep-alive means 1.1, which spares
+        # get_http_version() (it formats a new string) on nearly every request.
         http_version: str = "1.1" if keep_alive and not connection else parser.get_http_version()
         if hosts > 1 or (hosts == 0 and http_version == "1.1"):
             # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0; anything
