@@ -449,7 +449,7 @@ class HttpServerProtocol:
                     if value.lower() != b"100-continue":
                         raise HttpError("bad_request")
                     expect = True
-                elif name == CONNECTION or name == PROXY_CONNECTION:
+                elif name in (CONNECTION, PROXY_CONNECTION):
                     connection = True
                 else:
                     chunked = True
