@@ -188,7 +188,8 @@ class RequestCycle:
     def start_response_lines(self, status: int, lines: list[bytes], content_length: int | None) -> None:
         """`start_response` with the fields already serialized: `name`, `: `, `value`, CRLF
         pieces (the proxy's way: it forwards the upstream's fields as they were parsed).
-        The listener adds the status line, framing, Connection and the blank line."""
+        The listener adds the status line, framing, Connection and the blank line to
+        `lines` itself: the list is the caller's no more."""
         assert not self.response_started
         self.response_started = True
         self.status = status
