@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from apigate.gateway.context import RequestContext
+from apigate.gateway.filters import RequestContext
 from apigate.http.server import HttpServerProtocol, Limits, RequestCycle, ServerState
 
 LIMITS = Limits(
