@@ -8,7 +8,6 @@ import json
 import time
 
 import pytest
-from apigate.gateway.plugins import build_filters
 from auth_helpers import Harness, claims, config, free_port, hs256
 
 from apigate.auth import reasons
@@ -16,6 +15,7 @@ from apigate.auth.cache import ClaimsCache, verified
 from apigate.auth.filter import AuthFilter
 from apigate.auth.jwt import JwtVerifier
 from apigate.auth.sessions import MemorySessionStore, RedisSessionStore, session_claims
+from apigate.server import build_filters
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ from apigate.auth import reasons
 from apigate.auth.cache import X_USER_ID, ClaimsCache, Verified, verified
 from apigate.auth.jwks import JwksKeySet
 from apigate.auth.jwt import MAX_TOKEN_BYTES, JwtVerifier, Key, unverified_kid
-from apigate.auth.keys import hmac_secret_is_short, is_hmac, load_public_key
 from apigate.auth.reasons import AuthFailure
 from apigate.auth.sessions import Claims, SessionStore, open_session_store
+from apigate.config.jwt_keys import hmac_secret_is_short, is_hmac, load_public_key
 from apigate.config.schema import AuthConfig, Config, RouteConfig
 from apigate.gateway.filters import Filter, RequestContext, RequestOutcome, Response, Sample
 from apigate.gateway.router import Route
