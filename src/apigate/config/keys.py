@@ -16,7 +16,7 @@ import re
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types as at
 from pydantic import BaseModel
@@ -94,6 +94,8 @@ def _is_union(annotation: Any) -> bool:
 
 
 def _type_text(annotation: Any, plural: bool = False) -> str:
+    if get_origin(annotation) is Annotated:  # a validated type (RedisUrl): its base type
+        return _type_text(get_args(annotation)[0], plural)
     if _is_union(annotation):
         args = [a for a in get_args(annotation) if a is not type(None)]
         return " or ".join(_type_text(a, plural) for a in args)

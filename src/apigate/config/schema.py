@@ -13,12 +13,21 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from apigate.http.headers import CONTENT_LENGTH, EXPECT, GATEWAY_SET_REQUEST, HOP_BY_HOP, X_FORWARDED_FOR
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveSecs = Annotated[float, Field(gt=0)]
+
+
+def _redis_scheme(v: str) -> str:
+    if urlsplit(v).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return v
+
+
+RedisUrl = Annotated[str, AfterValidator(_redis_scheme)]  # sessions' and rate limiting's Redis
 LogLevel = Literal["DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL"]
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
@@ -226,17 +235,10 @@ class AuthCacheConfig(Section):
 
 
 class SessionStoreConfig(Section):
-    redis_url: str | None = Field(
+    redis_url: RedisUrl | None = Field(
         None, description="Redis for sessions (default: rate_limiting.redis_url; in memory when neither)."
     )
     timeout_ms: int = Field(100, ge=1, description="Longest a request waits on the session store; then 503.")
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, v: str | None) -> str | None:
-        if v is not None and urlsplit(v).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return v
 
 
 # Fields the gateway itself sets, that frame the message (RFC 9110 §7.6.1, §8.6) or that
@@ -351,7 +353,7 @@ class SentinelConfig(Section):
 
 
 class RateLimitingConfig(Section):
-    redis_url: str | None = Field(
+    redis_url: RedisUrl | None = Field(
         None,
         description="redis://, rediss:// or unix:// (in memory when unset and no cluster or sentinel); "
         "with a cluster or sentinel it gives only credentials, TLS and db.",
@@ -365,13 +367,6 @@ class RateLimitingConfig(Section):
         "fail_open", description="Store down: 503 (fail_closed) or local in-memory limits (fail_open)."
     )
     default_limit: LimitConfig | None = Field(None, description="Limit for routes without their own.")
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, v: str | None) -> str | None:
-        if v is not None and urlsplit(v).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return v
 
     @field_validator("redis_cluster_nodes")
     @classmethod

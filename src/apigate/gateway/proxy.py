@@ -140,6 +140,7 @@ class Exchange(ResponseSink):
         "head",
         "loop",
         "on_done",
+        "progress_seen",
         "proxy",
         "timeout",
     )
@@ -165,6 +166,7 @@ class Exchange(ResponseSink):
         self.proxy = proxy
         self.error: UpstreamError | None = None
         self.got_head = False
+        self.progress_seen = 0  # conn.progress when the deadline last passed mid-body
 
     def cork(self) -> bool:
         return self.cycle.proto.cork()
@@ -174,9 +176,24 @@ class Exchange(ResponseSink):
 
     def send_head(self) -> None:
         cycle = self.cycle
-        cycle.upstream_deadline = deadline = self.loop.time() + self.timeout
-        cycle.proto.watch(deadline)
+        cycle.set_deadline(self.loop.time() + self.timeout, self.on_deadline)
         self.conn.send(self, self.head, cycle.method == "HEAD")
+
+    def on_deadline(self, now: float) -> None:
+        """The upstream's timeout_secs passed (the listener's watchdog calls this)."""
+        cycle = self.cycle
+        if not cycle.response_started:
+            cycle.time_out()  # 504; cancelling ends this exchange through `cancel`
+            return
+        conn = self.conn
+        if conn.progress == self.progress_seen:
+            # The upstream stalled mid-body: nothing to answer with, cut both sides.
+            cycle.proto.abort_response()
+            return
+        # Still sending: timeout_secs bounds a silence, not the whole body (a long
+        # download at a steady pace was cut at timeout_secs).
+        self.progress_seen = conn.progress
+        cycle.handler_deadline = now + self.timeout
 
     # ------------------------------------------------------------------ ResponseSink
     def on_upstream_head(self, status: int, lines: list[bytes], length: int | None) -> None:
@@ -197,11 +214,10 @@ class Exchange(ResponseSink):
         ctx.status = status
         cycle.start_response_lines(status, lines, length)
         # While the body streams, the upstream must keep sending within its timeout.
-        cycle.upstream_deadline = now + self.timeout
+        cycle.handler_deadline = now + self.timeout
         conn = self.conn
         cycle.flow = conn
-        cycle.upstream_timeout = self.timeout
-        cycle.flow_progress = conn.progress
+        self.progress_seen = conn.progress
         if cycle.proto.write_paused:
             conn.pause_reading()
 
@@ -210,7 +226,7 @@ class Exchange(ResponseSink):
 
     def on_upstream_complete(self) -> None:
         cycle = self.cycle
-        cycle.upstream_deadline = 0.0
+        cycle.handler_deadline = 0.0
         cycle.flow = None
         if cycle.chunked_response:
             cycle.end()
@@ -285,11 +301,8 @@ class Proxy:
             if conn is not None:
                 exchange = Exchange(ctx, conn, head, None, self)
                 cycle.on_cancel = exchange.cancel
-                # send_head(), inlined for the fast path.
-                cycle.upstream_deadline = deadline = ctx.start + exchange.timeout
-                proto = cycle.proto
-                if deadline < proto.watch_at:
-                    proto.watch(deadline)
+                # send_head(), with the request's start as the clock (no clock read).
+                cycle.set_deadline(ctx.start + exchange.timeout, exchange.on_deadline)
                 conn.send(exchange, head, cycle.method == "HEAD")
                 return
         self._spawn(ctx, head, retried=False)
@@ -375,7 +388,7 @@ class Proxy:
                     # still uploading, only request_timeout_secs bounds the request (else an
                     # upload longer than timeout_secs got a 408 however long the request
                     # deadline). The upstream's clock starts once the body is all sent.
-                    cycle.upstream_deadline = 0.0
+                    cycle.handler_deadline = 0.0
                     for chunk in sent:
                         conn.write_body(_frame(chunk, chunked))
                     while not waiter.done():
@@ -398,8 +411,7 @@ class Proxy:
                         if conn.write_paused:
                             await conn.drain()
                     if not waiter.done() and not exchange.got_head:
-                        cycle.upstream_deadline = deadline = loop.time() + timeout
-                        cycle.proto.watch(deadline)
+                        cycle.set_deadline(loop.time() + timeout, exchange.on_deadline)
                 await waiter
                 error = exchange.error
                 if error is None:

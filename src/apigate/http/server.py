@@ -131,9 +131,11 @@ class RequestCycle:
     on_cancel: Callable[[], None] | None = None  # set by the handler while it works
     finished = False
     timed_out = False
-    upstream_deadline = 0.0  # set by the proxy while it waits on an upstream
-    upstream_timeout = 0.0  # the upstream's timeout_secs: the longest silence mid-body
-    flow_progress = 0  # flow.progress when the watchdog last looked
+    # A deadline of the handler's own (the proxy's upstream timeout), 0.0 when none: when
+    # it passes, the watchdog calls `on_deadline(now)`, which answers (`time_out()`), cuts
+    # the connection, or sets a later one. The listener knows no more about it than that.
+    handler_deadline = 0.0
+    on_deadline: Callable[[float], None] | None = None
     client_request_id: bytes | None = None  # the client's X-Request-ID, as sent
     # For the access log's response_size (logs/filter.py): the declared Content-Length,
     # else the body bytes that went through write().
@@ -247,6 +249,24 @@ class RequestCycle:
         self.on_cancel = None
         if cb is not None:
             cb()
+
+    def set_deadline(self, when: float, on_deadline: Callable[[float], None]) -> None:
+        """Call `on_deadline(now)` at `when` unless the request is over by then."""
+        self.handler_deadline = when
+        self.on_deadline = on_deadline
+        proto = self.proto
+        if when < proto.watch_at:
+            proto.watch(when)
+
+    def time_out(self) -> None:
+        """No response in time: 408 while the client is still sending, else 504; the
+        handler's work is cancelled and the connection closes after the answer."""
+        self.timed_out = True
+        self.keep_alive = False
+        late_client = not self.request_complete
+        self.send_error("request_timeout" if late_client else "upstream_timeout", self.request_id)
+        self.cancel()
+        self.complete()
 
     def send_error(self, code: str, correlation_id: str | None, extra: Headers | None = None) -> None:
         status, body = error_body(code, correlation_id)
@@ -689,26 +709,25 @@ class HttpServerProtocol:
         now = self.loop.time()
         cycle = self.active
         if cycle is not None:
+            at = cycle.handler_deadline
+            if at and now >= at:
+                cycle.handler_deadline = 0.0
+                on_deadline = cycle.on_deadline
+                if on_deadline is not None:
+                    on_deadline(now)  # answers, cuts, or sets a later handler deadline
+                if self.closing or self.active is not cycle:
+                    return  # answered (and closing) or cut
+                at = cycle.handler_deadline
             if not cycle.response_started:
                 deadline = cycle.deadline
-                if cycle.upstream_deadline and cycle.upstream_deadline < deadline:
-                    deadline = cycle.upstream_deadline
+                if at and at < deadline:
+                    deadline = at
                 if now >= deadline:
-                    self._timeout(cycle)
+                    cycle.time_out()
                     return
                 self._arm(deadline)
-            elif cycle.upstream_deadline:
-                if now >= cycle.upstream_deadline:
-                    flow = cycle.flow
-                    if flow is None or flow.progress == cycle.flow_progress or not cycle.upstream_timeout:
-                        # The upstream stalled mid-body: nothing to answer with, cut both sides.
-                        self._close()
-                        return
-                    # Still sending: timeout_secs bounds a silence, not the whole body (a
-                    # long download at a steady pace was cut at timeout_secs).
-                    cycle.flow_progress = flow.progress
-                    cycle.upstream_deadline = now + cycle.upstream_timeout
-                self._arm(cycle.upstream_deadline)
+            elif at:
+                self._arm(at)
             else:
                 self._arm(now + self.limits.request_timeout)
         elif self.in_headers or self.parsing is not None:
@@ -723,15 +742,6 @@ class HttpServerProtocol:
                 self._close()
                 return
             self._arm(deadline)
-
-    def _timeout(self, cycle: RequestCycle) -> None:
-        """Whole-request or upstream deadline passed before any response was sent."""
-        cycle.timed_out = True
-        cycle.keep_alive = False
-        late_client = not cycle.request_complete
-        cycle.send_error("request_timeout" if late_client else "upstream_timeout", cycle.request_id)
-        cycle.cancel()
-        cycle.complete()
 
 
 def make_protocol_factory(handler: Handler, state: ServerState, scheme: str) -> Callable[[], Any]:

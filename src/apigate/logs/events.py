@@ -111,3 +111,20 @@ def _write_now(event: dict[str, Any]) -> None:
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):
         pass
+
+
+class Throttle:
+    """At most one event per `interval_s`: a failure that repeats on every request (a dead
+    Redis, an unreachable store) is logged once per interval, not once per request."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.last = -interval_s
+
+    def ready(self) -> bool:
+        """True (and the interval starts again) when the last event is old enough."""
+        now = time.monotonic()
+        if now - self.last < self.interval_s:
+            return False
+        self.last = now
+        return True

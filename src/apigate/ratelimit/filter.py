@@ -30,7 +30,6 @@ Counters for metrics (exported by the telemetry package):
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from functools import partial
 
@@ -122,7 +121,7 @@ class RateLimitFilter(Filter):
         # metrics
         self.limited: dict[tuple[str, str], int] = {r.metric_key: 0 for r in self.rules.values()}
         self.degraded = 0
-        self._last_degraded_log = -DEGRADED_LOG_INTERVAL_S
+        self.degraded_log = events.Throttle(DEGRADED_LOG_INTERVAL_S)
 
     def applies_to(self, route: Route | None) -> bool:
         return route is not None and route.id in self.rules
@@ -206,9 +205,7 @@ class RateLimitFilter(Filter):
         if not self.fail_open:
             return Response.error_reply("rate_limit_unavailable", ctx)
         self.degraded += 1
-        now = time.monotonic()
-        if now - self._last_degraded_log >= DEGRADED_LOG_INTERVAL_S:
-            self._last_degraded_log = now
+        if self.degraded_log.ready():
             events.emit(
                 "WARN",
                 "ratelimit",

@@ -1,0 +1,105 @@
+"""Deterministic cost per proxied request: the data plane driven through fake transports.
+
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.N .venv/bin/python bench/callgrind_driver.py N
+
+Instructions per request = (total at N=3000 - total at N=1000) / 2000, which removes
+start-up and import costs. No sockets and no kernel: the client connection and the
+upstream connection are the gateway's own protocol objects fed with bytes, so the count
+is the gateway's user-space work only (HttpServerProtocol, App.handle, the filters of
+bench/apigate-bench.yaml, the proxy, the upstream parser), repeatable to the instruction
+on a busy machine. Works on builds before and after the composition root moved App's
+construction to apigate/server.py, so that a change can be measured against its parent.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import uvloop
+
+REQUEST = b"GET /api/users HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+BODY = b'{"id":4,"name":"bench-user","email":"u@example.org"}'
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nConnection: keep-alive\r\n\r\n%s" % (len(BODY), BODY)
+)
+
+
+class Transport:
+    """Enough of an asyncio transport for both protocols: writes are counted, not sent."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def writelines(self, chunks: Any) -> None:
+        for c in chunks:
+            self.write(c)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+def build(cfg: Any) -> tuple[Any, Any, Any]:
+    """(handler, listener state, upstream pool) for either layout of the code."""
+    try:
+        from apigate.server import Server  # the composition root (issue 11)
+    except ImportError:
+        from apigate.gateway.app import App  # before it
+
+        app = App(cfg)
+        return app.handle, app.state, next(iter(app.pools.values()))
+    server = Server(cfg)
+    return server.app.handle, server.state, next(iter(server.pools.values()))
+
+
+async def run(n: int) -> None:
+    from apigate.config import load_config
+    from apigate.http.client import ConnState, UpstreamConnection
+    from apigate.http.server import HttpServerProtocol
+
+    os.environ.setdefault("APIGATE_BENCH_PORT", "19301")
+    os.environ.setdefault("APIGATE_BENCH_UPSTREAM", "http://127.0.0.1:19101")
+    cfg = load_config(os.path.join(os.path.dirname(__file__), "apigate-bench.yaml"))
+    handle, state, pool = build(cfg)
+    upstream = UpstreamConnection(pool)
+    upstream.connection_made(Transport())
+    upstream.state = ConnState.ACTIVE
+    pool.active += 1
+    pool.release(upstream, True)  # an idle keep-alive connection, as after the first request
+    client = HttpServerProtocol(handle, state)
+    client_transport = Transport()
+    client.connection_made(client_transport)
+    for _ in range(n):
+        client.data_received(REQUEST)
+        upstream.data_received(RESPONSE)
+    assert client_transport.written > n * len(BODY), "the responses did not reach the client"
+    assert len(pool.idle) == 1, "the upstream connection was not reused"
+
+
+def main() -> int:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    uvloop.run(run(n))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
