@@ -8,7 +8,6 @@ listener itself on a fake transport, for the protocol's own tests.
 from __future__ import annotations
 
 import asyncio
-
 from typing import Any
 
 from transports import FakeTransport

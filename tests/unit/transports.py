@@ -95,6 +95,12 @@ class FakeTransport:
             self.lost = True
             self.protocol.connection_lost(exc)
 
+    def peer_half_closes(self) -> None:
+        """The other end sent FIN: asyncio asks the protocol, and closes the transport
+        unless it answers True (`connection_lost` follows on the next iteration)."""
+        if not self.protocol.eof_received():
+            self.close()
+
     def take(self) -> bytes:
         """What was written since the last take()."""
         data = bytes(self.written)
@@ -102,12 +108,45 @@ class FakeTransport:
         return data
 
 
+class FakeNetLoop(uvloop.Loop):
+    """uvloop's loop (timers, futures, tasks are real) whose outgoing connections are fake
+    transports: `create_connection` attaches the protocol to a FakeTransport at once, or
+    fails as told by `refuse`/`hang`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connects: list[tuple[str, int]] = []
+        self.transports: list[FakeTransport] = []
+        self.refuse = False  # connection refused
+        self.hang = False  # no answer to the SYN
+
+    async def create_connection(  # type: ignore[override]
+        self, protocol_factory: Callable[[], Any], host: str, port: int, **_: Any
+    ) -> tuple[FakeTransport, Any]:
+        self.connects.append((host, port))
+        if self.refuse:
+            raise ConnectionRefusedError(111, "Connection refused")
+        if self.hang:
+            await asyncio.sleep(3600)
+        protocol = protocol_factory()
+        transport = FakeTransport((host, port))
+        self.transports.append(transport)
+        transport.attach(protocol)
+        return transport, protocol
+
+
+def net_loop() -> FakeNetLoop:
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, FakeNetLoop)
+    return loop
+
+
 def run_in_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async test on a fresh uvloop loop (the production loop)."""
+    """Run an async test on a fresh FakeNetLoop (uvloop, the production loop)."""
 
     @functools.wraps(test)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        with asyncio.Runner(loop_factory=FakeNetLoop) as runner:
             runner.run(test(*args, **kwargs))
 
     return wrapper
