@@ -132,8 +132,8 @@ async def test_streamed_response_is_chunked_on_http11_and_close_delimited_on_htt
     assert one(data).body == b"hello world"
     assert not ended(transport)
 
-    _, transport = serve(stream)
-    transport.protocol.data_received(b"GET /a HTTP/1.0\r\n\r\n")
+    _, transport = serve(stream)  # HTTP/1.0 asking for keep-alive cannot have it here
+    transport.protocol.data_received(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
     data = transport.take()
     assert b"transfer-encoding" not in data.lower()
     assert b"connection: close\r\n" in data
@@ -192,9 +192,12 @@ async def test_a_long_pipeline_pauses_reading_until_it_drains() -> None:
     _, transport = serve(held)
     transport.protocol.data_received(b"".join(get(f"/{i}") for i in range(MAX_PIPELINED + 1)))
     assert transport.reading_paused  # the client sends faster than requests are answered
+    answered = 0
     while held.cycles and transport.reading_paused:
         answer(held.cycles.pop(0))
+        answered += 1
     assert not transport.reading_paused
+    assert answered < MAX_PIPELINED  # reading resumed before the backlog was all answered
     while held.cycles:
         answer(held.cycles.pop(0))
     assert len(parse_responses(transport.take())) == MAX_PIPELINED + 1
@@ -451,3 +454,19 @@ async def test_drain_closes_idle_connections_and_ends_busy_ones_after_their_answ
     # New connections are refused while draining.
     _, late = serve(held, state)
     assert_error(one(late.take()), 503, "draining")
+
+
+@run_in_loop
+async def test_drain_ends_a_connection_whose_response_was_already_streaming() -> None:
+    held = Held()
+    state = ServerState(limits())
+    proto, transport = serve(held, state)
+    proto.data_received(GET)
+    cycle = held.cycles[0]
+    cycle.start_response(200, TEXT, None)  # the head went out saying nothing of closing
+    state.drain()
+    cycle.write(b"rest")
+    cycle.end()
+    cycle.complete()
+    assert one(transport.take()).body == b"rest"
+    assert ended(transport)

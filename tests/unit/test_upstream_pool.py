@@ -145,6 +145,17 @@ async def test_an_idle_connection_closed_by_the_upstream_is_not_reused() -> None
 
 
 @run_in_loop
+async def test_a_connection_the_upstream_closed_while_in_use_is_not_put_back() -> None:
+    loop = net_loop()
+    pool = make_pool()
+    conn = await pool.connect()
+    loop.transports[0].peer_closes(ConnectionResetError())
+    pool.release(conn, True)  # the proxy's caller thought the exchange went well
+    assert counts(pool) == "idle=0 active=0 connecting=0 total=0"
+    assert pool.acquire_idle() is None
+
+
+@run_in_loop
 async def test_an_upstream_fin_not_yet_reported_as_lost_still_stops_reuse() -> None:
     # The FIN was read (the transport is closing) but connection_lost has not run yet:
     # a request picking a connection in between must not get this one.
