@@ -22,7 +22,7 @@ from typing import Any
 from apigate.auth.filter import AuthFilter
 from apigate.auth.jwt import mint
 from apigate.config.schema import Config
-from apigate.gateway.context import RequestContext
+from apigate.gateway.filters import RequestContext
 from apigate.gateway.router import Router
 
 ROUNDS = 7

@@ -29,13 +29,14 @@ HOT_MODULES = (
     "apigate.http.body",
     "apigate.http.server",
     "apigate.http.client",
-    "apigate.gateway.context",
     "apigate.gateway.router",
     "apigate.gateway.paths",
     "apigate.gateway.filters",
+    "apigate.gateway.correlation",
     "apigate.gateway.proxy",
     "apigate.gateway.app",
     "apigate.logs.filter",  # its on_complete runs for every request
+    "apigate.logs.access",  # the access event, built for every logged request
 )
 GROUP = "apigate_native"  # mypyc's shared runtime library: `apigate_native__mypyc*.so` in src/
 

@@ -93,13 +93,13 @@ def cmd_serve(path: str | None) -> int:
         return EXIT_CONFIG
     events.configure(cfg.logging.level, cfg.logging.service, cfg.logging.format)
     events.emit("INFO", "config", "config_loaded", "Configuration loaded", path=path, summary=summarize(cfg))
-    from apigate.gateway.app import serve
+    from apigate.server import serve
 
     workers = cfg.server.workers
     if workers == 1:
         return _run(serve(cfg))
-    from apigate.gateway.workers import run_workers
     from apigate.telemetry.metrics import multiprocess_dir
+    from apigate.workers import run_workers
 
     with multiprocess_dir():  # one scrape sums the workers (telemetry/metrics.py)
         return run_workers(workers, lambda: _run(serve(cfg, reuse_port=True)))
@@ -127,15 +127,15 @@ async def _demo(cfg: Config, upstream_port: int) -> int:
     import signal
 
     from apigate.demo.upstream import start_demo_upstream
-    from apigate.gateway.app import App
+    from apigate.server import Server
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     upstream = await start_demo_upstream("127.0.0.1", upstream_port)
-    app = App(cfg)
-    await app.start()
+    server = Server(cfg)
+    await server.start()
     s = cfg.server
     host = "127.0.0.1" if s.bind_address in ("0.0.0.0", "::") else s.bind_address
     base = f"{'https' if s.tls else 'http'}://{host}:{s.port}"
@@ -157,7 +157,7 @@ async def _demo(cfg: Config, upstream_port: int) -> int:
         flush=True,
     )
     await stop.wait()
-    await app.shutdown()
+    await server.shutdown()
     upstream.close()
     await upstream.wait_closed()
     return 0

@@ -24,8 +24,7 @@ from cycles import request_context
 
 from apigate.auth.filter import AuthFilter
 from apigate.config.schema import Config
-from apigate.gateway.context import RequestContext
-from apigate.gateway.filters import Response
+from apigate.gateway.filters import RequestContext, Response
 from apigate.gateway.router import Router
 
 SECRET = "unit-test-secret-0123456789abcdef0123"  # 37 bytes: fine for HS256

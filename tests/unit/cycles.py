@@ -12,7 +12,7 @@ from typing import Any
 
 from transports import FakeTransport
 
-from apigate.gateway.context import RequestContext
+from apigate.gateway.filters import RequestContext
 from apigate.http.server import Handler, HttpServerProtocol, Limits, RequestCycle, ServerState
 
 

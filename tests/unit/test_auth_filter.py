@@ -15,7 +15,7 @@ from apigate.auth.cache import ClaimsCache, verified
 from apigate.auth.filter import AuthFilter
 from apigate.auth.jwt import JwtVerifier
 from apigate.auth.sessions import MemorySessionStore, RedisSessionStore, session_claims
-from apigate.gateway.plugins import build_filters
+from apigate.server import build_filters
 
 
 @pytest.fixture

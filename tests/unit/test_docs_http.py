@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from apigate.config.schema import ServerConfig, UpstreamConfig
-from apigate.gateway.errors import ERRORS
+from apigate.http.errors import ERRORS
 from apigate.http.headers import HOP_BY_HOP
 from apigate.http.server import LINGER_IDLE_S, LINGER_MAX_S
 

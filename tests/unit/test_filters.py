@@ -7,8 +7,7 @@ from typing import Any
 
 from cycles import request_context
 
-from apigate.gateway.context import RequestContext
-from apigate.gateway.filters import Filter, FilterChain, RequestOutcome, Response
+from apigate.gateway.filters import Filter, FilterChain, RequestContext, RequestOutcome, Response
 from apigate.http.headers import Headers
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apigate.gateway.filters import new_request_id
+from apigate.gateway.correlation import new_request_id
 from apigate.http.headers import connection_tokens, is_sane_request_id, status_line
 
 

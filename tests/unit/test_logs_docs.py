@@ -30,7 +30,7 @@ def test_access_fields_and_sinks_are_documented() -> None:
     from apigate._native import source_path
 
     # The source file itself: compiled, the module has no source for inspect to find.
-    tree = ast.parse(source_path("apigate.logs.filter").read_text(encoding="utf-8"))
+    tree = ast.parse(source_path("apigate.logs.access").read_text(encoding="utf-8"))
     keys = {
         k.value
         for node in ast.walk(tree)

@@ -17,6 +17,7 @@ from apigate.logs.record import Record
 from apigate.logs.sinks.base import Sink, SinkUnavailable
 from apigate.logs.sinks.file import FileSink
 from apigate.logs.spool import Spool
+from apigate.telemetry import names as metric_names
 
 
 class MemorySink(Sink):
@@ -249,11 +250,11 @@ def test_samples_name_every_metric() -> None:
     p = Pipeline(sinks=[s])
     got = {n for n, _, _ in p.samples()}
     assert got == {
-        names.LOG_EVENTS_TOTAL,
-        names.LOG_EVENTS_DROPPED_TOTAL,
-        names.LOG_SINK_ERRORS_TOTAL,
-        names.LOG_SINK_QUEUE_DEPTH,
-        names.LOG_SPOOL_BYTES,
+        metric_names.LOG_EVENTS_TOTAL,
+        metric_names.LOG_EVENTS_DROPPED_TOTAL,
+        metric_names.LOG_SINK_ERRORS_TOTAL,
+        metric_names.LOG_SINK_QUEUE_DEPTH,
+        metric_names.LOG_SPOOL_BYTES,
     }
 
 

@@ -12,8 +12,7 @@ from pydantic import ValidationError
 
 from apigate.config.checks import config_warnings
 from apigate.config.schema import Config
-from apigate.gateway.context import RequestContext
-from apigate.gateway.filters import Response
+from apigate.gateway.filters import RequestContext, Response
 from apigate.gateway.router import Router
 from apigate.ratelimit.filter import RateLimitFilter
 from apigate.ratelimit.keys import ClientIp

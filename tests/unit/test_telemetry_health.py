@@ -170,7 +170,7 @@ def test_health_filter_joins_only_routes_covering_health_paths() -> None:
             RouteConfig(id="param", path="/health/{x}", upstream_id="u"),
         ]
     )
-    f = HealthFilter()
+    f = HealthFilter(Health(SimpleNamespace(draining=False), True, True))  # type: ignore[arg-type]
     assert {r.id: f.applies_to(r) for r in router.routes} == {
         "all": True,
         "api": False,

@@ -226,7 +226,20 @@ def test_collectors_export_rate_limit_and_log_counters() -> None:
         latency_count=3,
         latency_sum=0.7,
     )
-    rl = SimpleNamespace(name="ratelimit", limited={("users", "ip"): 4}, store=store)
+    from apigate.config.schema import Config
+    from apigate.ratelimit.filter import RateLimitFilter
+
+    rl = RateLimitFilter(
+        Config.model_validate(
+            {
+                "upstreams": [{"id": "u", "base_url": "http://127.0.0.1:1"}],
+                "routes": [{"id": "users", "path": "/u", "upstream_id": "u"}],
+                "rate_limiting": {"default_limit": {"limit": 5, "window_secs": 1}},
+            }
+        )
+    )
+    rl.limited = {("users", "ip"): 4}
+    rl.store = store  # type: ignore[assignment]  # what samples() reads of a Redis store
 
     class Logs:
         def samples(self) -> Any:
@@ -237,7 +250,7 @@ def test_collectors_export_rate_limit_and_log_counters() -> None:
     t = Telemetry.__new__(Telemetry)
     t.filters = [rl]  # type: ignore[list-item]
     t.logs = Logs
-    t._collect_ratelimit()
+    t._collect_filters()  # through the filter contract's samples()
     t._collect_logs()
     assert metrics.RATE_LIMITED_REQUESTS.value(("users", "ip")) == 4
     assert metrics.RATE_LIMIT_BACKEND_ERRORS.value(("timeout",)) == 2

@@ -77,7 +77,7 @@ def test_tracing_off_never_imports_opentelemetry() -> None:
     code = (
         "import asyncio, sys\n"
         "from apigate.config.schema import Config\n"
-        "from apigate.gateway.plugins import build_filters\n"
+        "from apigate.server import build_filters\n"
         "cfg = Config.model_validate({'upstreams': [{'id': 'u', 'base_url': 'http://127.0.0.1:1'}],"
         " 'routes': [{'id': 'r', 'path': '/x', 'upstream_id': 'u'}]})\n"
         "names = [f.name for f in build_filters(cfg)]\n"

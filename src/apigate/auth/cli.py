@@ -98,7 +98,7 @@ def _identity(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def cmd_token(cfg: Config, args: argparse.Namespace) -> int:
     from apigate.auth.jwt import mint
-    from apigate.auth.keys import hmac_secret_is_short, is_hmac
+    from apigate.config.jwt_keys import hmac_secret_is_short, is_hmac
 
     auth = _auth(cfg, "jwt")
     extra = _identity(args)

@@ -17,24 +17,23 @@ never with the token.
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 from apigate.auth import reasons
 from apigate.auth.cache import X_USER_ID, ClaimsCache, Verified, verified
 from apigate.auth.jwks import JwksKeySet
 from apigate.auth.jwt import MAX_TOKEN_BYTES, JwtVerifier, Key, unverified_kid
-from apigate.auth.keys import hmac_secret_is_short, is_hmac, load_public_key
 from apigate.auth.reasons import AuthFailure
 from apigate.auth.sessions import Claims, SessionStore, open_session_store
+from apigate.config.jwt_keys import hmac_secret_is_short, is_hmac, load_public_key
 from apigate.config.schema import AuthConfig, Config, RouteConfig
-from apigate.gateway.context import RequestContext
-from apigate.gateway.errors import error_body, error_headers
-from apigate.gateway.filters import Filter, RequestOutcome, Response
+from apigate.gateway.filters import Filter, RequestContext, RequestOutcome, Response, Sample
 from apigate.gateway.router import Route
+from apigate.http.errors import error_body, error_headers
 from apigate.logs import events
+from apigate.telemetry.names import AUTH_FAILURES_TOTAL
 
 AUTHORIZATION = b"authorization"
 COOKIE = b"cookie"
@@ -101,17 +100,22 @@ class AuthFilter(Filter):
             if jwks is None:
                 jwks = JwksKeySet(auth.jwks_url, auth.jwt_algorithm, auth.jwks_refresh_secs)
             self.jwks = jwks
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:
-                return  # built outside a loop (tests, tools): the owner calls jwks.start()
-            jwks.start()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Fetch the JWKS and keep it fresh (a task of the worker's loop)."""
+        if self.jwks is not None:
+            self.jwks.start()
 
     async def close(self) -> None:
         if self.jwks is not None:
             await self.jwks.close()
         if self.store is not None:
             await self.store.close()
+
+    def samples(self) -> Iterator[Sample]:
+        for reason, n in self.failures.items():
+            yield AUTH_FAILURES_TOTAL, (reason,), float(n)
 
     # ------------------------------------------------------------------ filter contract
     def applies_to(self, route: Route | None) -> bool:

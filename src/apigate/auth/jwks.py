@@ -26,7 +26,7 @@ import jwt
 import orjson
 
 from apigate.auth.httpget import FetchError, http_get
-from apigate.auth.keys import PublicKey, check_key
+from apigate.config.jwt_keys import PublicKey, check_key
 from apigate.logs import events
 
 JWKS_MIN_REFETCH_S = 30.0  # an unknown kid refetches at most this often

@@ -18,8 +18,8 @@ import jwt
 from jwt.types import Options
 
 from apigate.auth import reasons
-from apigate.auth.keys import PublicKey, hmac_secret_is_short, is_hmac
 from apigate.auth.reasons import AuthFailure
+from apigate.config.jwt_keys import PublicKey, hmac_secret_is_short, is_hmac
 from apigate.config.schema import AuthConfig
 
 # Far above any real token (a few hundred bytes to a few KiB), far below what would make

@@ -254,7 +254,7 @@ class _Checker:
             if not has_secret:
                 self.add(("auth", "jwt_secret"), f"required (and not empty) when jwt_algorithm is {alg}")
                 return
-            from apigate.auth.keys import hmac_secret_problem
+            from apigate.config.jwt_keys import hmac_secret_problem
 
             problem = hmac_secret_problem(auth["jwt_secret"])
             if problem:
@@ -275,7 +275,7 @@ class _Checker:
             path: KeyPath = ("auth", "jwt_public_key_path")
             name = self.readable(path, auth["jwt_public_key_path"])
             if name is not None:
-                from apigate.auth.keys import load_public_key
+                from apigate.config.jwt_keys import load_public_key
 
                 try:
                     with open(name, "rb") as f:

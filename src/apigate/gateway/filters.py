@@ -17,82 +17,80 @@ A filter implements only the phases it needs:
 - `on_complete(ctx)` records metrics and the log event after the response; it never
   awaits and never raises (an exception there is logged and swallowed).
 
+And a lifecycle, as Envoy and Kong give theirs: `start()` once the event loop runs (open
+connections, start refreshers), `close()` at shutdown and when a reload replaces the
+filter (close connections, cancel tasks), and `samples()`, which the metrics exporter
+reads at scrape time, so that no other package reaches into a filter's attributes.
+
+`RequestContext` (what filters read and write), `Response` (a local reply) and `finish`
+(the one way a request ends) live here with the contract: the three refer to each other.
 The proxy is the terminal step after the chain; the listener knows nothing of filters.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias
 
 from mypy_extensions import mypyc_attr
 
-from apigate.gateway.context import RequestContext
-from apigate.gateway.errors import error_body, error_headers
 from apigate.gateway.router import Route
-from apigate.http.headers import X_REQUEST_ID, Headers, is_sane_request_id
+from apigate.http.errors import error_body, error_headers
+from apigate.http.headers import Headers
+
+if TYPE_CHECKING:
+    from apigate.http.client import UpstreamPool
+    from apigate.http.server import RequestCycle
 
 log: Final = logging.getLogger("apigate.filters")
 
-
-# The last three hex digits of an id, as str and as bytes: an id is its block's prefix
-# plus one of these, so a request pays two concatenations, not a number formatting.
-_HEX3: Final = tuple(f"{i:03x}" for i in range(4096))
-_HEX3_B: Final = tuple(h.encode("ascii") for h in _HEX3)
+_NO_HEADERS: Final[Headers] = []  # shared default; filters assign a new list, never append to this
+_NO_PARAMS: Final[dict[str, str]] = {}
 
 
-class _RequestIds:
-    """UUID-shaped ids: 76 random bits per process in UUID4 layout, then a 48-bit counter.
+# One freed instance is kept for the next request (compiled): per-request objects are
+# made and freed in turn, so most requests skip the allocator.
+@mypyc_attr(free_list_len=1)
+class RequestContext:
+    """Everything known about one request, from arrival to the access-log event.
 
-    Unique across processes and restarts like a UUID4, at a fraction of uuid4()'s cost
-    (no syscall, no 128-bit formatting) on the request path.
+    Defaults live on the class so that, interpreted, building a context costs only the
+    fields every request sets; compiled (mypyc) it is a C struct either way.
     """
 
-    def __init__(self) -> None:
-        self.prefix = ""
-        self.count = 0
-        self.block = ""  # prefix + the counter's upper 9 hex digits, renewed every 4096 ids
-        self.block_b = b""
-        self.renew()
+    request_id = ""
+    request_id_b = b""  # the same, encoded once for headers
+    route: Route | None = None
+    params: dict[str, str]
+    status = 0
+    error: str | None = None  # gateway error code, when the gateway answered itself
+    upstream_id: str | None = None
+    upstream_duration: float | None = None
+    upstream_failure: str | None = None  # connect, timeout, reset, bad_response
+    user: str | None = None
+    claims: dict[str, Any] | None = None
+    response_headers: Headers  # added to every response by filters
+    completed = False
+    trace_spans: tuple[Any, Any] | None = None  # (server span, client span) when tracing
+    chain: FilterChain  # the route's chain, or the one for requests that matched no route
+    pool: UpstreamPool  # the matched route's upstream (its timeout_secs is `pool.timeout`)
 
-    def renew(self) -> None:
-        """A new prefix; called again in every forked worker."""
-        r = secrets.token_hex(10)
-        self.prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{'89ab'[int(r[16], 16) & 3]}{r[17:20]}-"
-        self.count = 0
-        self._new_block(0)
+    def __init__(self, cycle: RequestCycle, path: str, query: bytes, start: float) -> None:
+        self.cycle = cycle
+        self.method = cycle.method
+        self.path = path  # normalised path, without the query
+        self.query = query  # raw query string, with its leading '?', or b""
+        self.client_ip = cycle.client
+        self.start = start
+        self.params = _NO_PARAMS  # read-only default
+        self.response_headers = _NO_HEADERS
 
-    def _new_block(self, n: int) -> None:
-        self.block = f"{self.prefix}{n >> 12:09x}"
-        self.block_b = self.block.encode("ascii")
-
-    def _step(self) -> int:
-        self.count = n = (self.count + 1) & 0xFFFFFFFFFFFF
-        low = n & 0xFFF
-        if low == 0:
-            self._new_block(n)
-        return low
-
-    def next(self) -> str:
-        return self.block + _HEX3[self._step()]
-
-    def assign(self, ctx: RequestContext) -> None:
-        """A new id for the request, as str (logs) and bytes (headers)."""
-        low = self._step()
-        ctx.request_id = ctx.cycle.request_id = self.block + _HEX3[low]
-        ctx.request_id_b = self.block_b + _HEX3_B[low]
-
-
-_IDS: Final = _RequestIds()
-os.register_at_fork(after_in_child=_IDS.renew)
-
-
-def new_request_id() -> str:
-    return _IDS.next()
+    def add_response_header(self, name: bytes, value: bytes) -> None:
+        if self.response_headers is _NO_HEADERS:
+            self.response_headers = []
+        self.response_headers.append((name, value))
 
 
 @dataclass
@@ -111,6 +109,11 @@ class Response:
 
 
 RequestOutcome: TypeAlias = Response | Awaitable[Response | None] | None
+
+Sample: TypeAlias = tuple[str, tuple[str, ...], float | list[float]]
+"""(metric name, label values in the metric's label order, value); for a histogram the
+value is its series as the registry keeps it: per-bucket counts, the +Inf count, the sum.
+Metric names come from apigate/telemetry/names.py, the one place they are spelled."""
 
 
 # Compiled, it stays open to subclasses in interpreted modules (auth, rate limits, metrics,
@@ -132,6 +135,20 @@ class Filter:
 
     def on_complete(self, ctx: RequestContext) -> None:
         return None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Called once the worker's event loop runs, before the listener accepts."""
+        return None
+
+    async def close(self) -> None:
+        """Called at shutdown after draining, and when a reload replaces this filter:
+        release connections and cancel background tasks. Must not raise."""
+        return None
+
+    def samples(self) -> Iterable[Sample]:
+        """This filter's metric samples, read at scrape time (never on the request path)."""
+        return ()
 
 
 def _overrides(f: Filter, phase: str) -> bool:
@@ -190,25 +207,16 @@ class FilterChain:
                 log.exception("filter %s failed in on_complete", f.name)
 
 
-class CorrelationFilter(Filter):
-    """X-Request-ID: the client's when it is a sane token, else a new UUID4.
-
-    Sent upstream and returned to the client; it is the correlation_id of every log event
-    about the request, so one id follows a request through every hop.
-    """
-
-    name = "correlation"
-    priority = 100_000
-
-    def on_request(self, ctx: RequestContext) -> RequestOutcome:
-        cycle = ctx.cycle
-        given = cycle.client_request_id  # captured by the listener's header scan
-        if given is not None and is_sane_request_id(given):
-            ctx.request_id_b = given
-            ctx.request_id = cycle.request_id = given.decode("ascii")
-        else:
-            _IDS.assign(ctx)
-        return None
-
-    def on_response(self, ctx: RequestContext, status: int, headers: Headers) -> None:
-        headers.append((X_REQUEST_ID, ctx.request_id_b))
+def finish(ctx: RequestContext) -> None:
+    """The one way a request ends, whatever happened: `on_complete` filters (metrics, the
+    access event), then the listener may go on with the connection. Idempotent."""
+    if ctx.completed:
+        return
+    ctx.completed = True
+    cycle = ctx.cycle
+    if not ctx.status:
+        ctx.status = cycle.status or 499  # 499: the client went away (nginx's code)
+    chain = ctx.chain
+    if chain.complete:
+        chain.run_complete(ctx)
+    cycle.complete()

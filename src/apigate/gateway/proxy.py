@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 
 from mypy_extensions import mypyc_attr
 
+from apigate.gateway.filters import RequestContext, finish
 from apigate.http import clock
 from apigate.http.body import ClientDisconnected
 from apigate.http.client import (
@@ -47,7 +48,6 @@ from apigate.http.headers import (
 )
 
 if TYPE_CHECKING:
-    from apigate.gateway.context import RequestContext
     from apigate.gateway.filters import FilterChain
     from apigate.http.server import RequestCycle
 
@@ -147,10 +147,8 @@ class Exchange(ResponseSink):
     def __init__(
         self,
         ctx: RequestContext,
-        chain: FilterChain,
         conn: UpstreamConnection,
         head: bytes,
-        timeout: float,
         on_done: Callable[[Exchange], None] | None,
         proxy: Proxy | None = None,
     ) -> None:
@@ -158,11 +156,11 @@ class Exchange(ResponseSink):
         compiled), else through `on_done(self)`."""
         self.ctx = ctx
         self.cycle: RequestCycle = ctx.cycle
-        self.chain = chain
+        self.chain: FilterChain = ctx.chain
         self.conn = conn
         self.head = head
         self.loop = conn.loop
-        self.timeout = timeout
+        self.timeout = ctx.pool.timeout
         self.on_done = on_done
         self.proxy = proxy
         self.error: UpstreamError | None = None
@@ -264,7 +262,9 @@ def _retryable(exchange: Exchange, reused: bool) -> bool:
 
 
 class Proxy:
-    """Forwards requests to upstream pools and calls `finished(ctx, error)` once per request.
+    """Forwards requests to their route's upstream pool (`ctx.pool`). A request that
+    succeeds ends in `finish(ctx)`; any other ending goes to `finished(ctx, error)`, which
+    answers the error (or cuts a response already started) and then finishes.
 
     Fast path (no request body, an idle pooled connection): no task and no future; the
     response is written from the upstream's parser callbacks and the request finishes in
@@ -275,41 +275,27 @@ class Proxy:
         self.finished = finished  # (ctx, error): the request ended, maybe with an upstream error
         self.loop = asyncio.get_running_loop()
 
-    def start(
-        self,
-        ctx: RequestContext,
-        chain: FilterChain,
-        pool: UpstreamPool,
-        timeout: float,
-        upstream_path: bytes,
-    ) -> None:
-        """Forward to `pool` (the route's upstream); `timeout` is its timeout_secs."""
+    def start(self, ctx: RequestContext, upstream_path: bytes) -> None:
+        """Forward to the route's upstream (`ctx.pool`), at `upstream_path`."""
         cycle = ctx.cycle
+        pool = ctx.pool
         head = build_request_head(ctx, pool, upstream_path)
         if cycle.body is None:
             conn = pool.acquire_idle()
             if conn is not None:
-                exchange = Exchange(ctx, chain, conn, head, timeout, None, self)
+                exchange = Exchange(ctx, conn, head, None, self)
                 cycle.on_cancel = exchange.cancel
                 # send_head(), inlined for the fast path.
-                cycle.upstream_deadline = deadline = ctx.start + timeout
+                cycle.upstream_deadline = deadline = ctx.start + exchange.timeout
                 proto = cycle.proto
                 if deadline < proto.watch_at:
                     proto.watch(deadline)
                 conn.send(exchange, head, cycle.method == "HEAD")
                 return
-        self._spawn(ctx, chain, pool, head, timeout, retried=False)
+        self._spawn(ctx, head, retried=False)
 
-    def _spawn(
-        self,
-        ctx: RequestContext,
-        chain: FilterChain,
-        pool: UpstreamPool,
-        head: bytes,
-        timeout: float,
-        retried: bool,
-    ) -> None:
-        task = self.loop.create_task(self._forward(ctx, chain, pool, head, timeout, retried))
+    def _spawn(self, ctx: RequestContext, head: bytes, retried: bool) -> None:
+        task = self.loop.create_task(self._forward(ctx, head, retried))
         ctx.cycle.on_cancel = partial(self._cancel_task, ctx, task)
 
     def fast_done(self, exchange: Exchange) -> None:
@@ -321,16 +307,11 @@ class Proxy:
         up = ctx.upstream_duration  # when the response head came: a moment ago
         conn.pool.release(conn, error is None, ctx.start + up if up is not None else 0.0)
         if error is None:
-            # The app's success ending, inlined: on_complete filters, then the listener.
-            ctx.completed = True
-            chain = exchange.chain
-            if chain.complete:
-                chain.run_complete(ctx)
-            ctx.cycle.complete()
+            finish(ctx)
         elif error is _CANCELLED:
             self._cancelled(ctx)
         elif ctx.method in IDEMPOTENT and _retryable(exchange, True):
-            self._spawn(ctx, exchange.chain, conn.pool, exchange.head, exchange.timeout, retried=True)
+            self._spawn(ctx, exchange.head, retried=True)
         else:
             self.finished(ctx, error)
 
@@ -350,17 +331,9 @@ class Proxy:
                 error = UpstreamTimeout("the upstream did not answer in time")
         self.finished(ctx, error)
 
-    async def _forward(
-        self,
-        ctx: RequestContext,
-        chain: FilterChain,
-        pool: UpstreamPool,
-        head: bytes,
-        timeout: float,
-        retried: bool,
-    ) -> None:
+    async def _forward(self, ctx: RequestContext, head: bytes, retried: bool) -> None:
         try:
-            await self._exchange_with_retry(ctx, chain, pool, head, timeout, retried)
+            await self._exchange_with_retry(ctx, head, retried)
         except UpstreamError as e:
             ctx.cycle.on_cancel = None
             self.finished(ctx, e)
@@ -372,16 +345,10 @@ class Proxy:
             ctx.cycle.on_cancel = None
             self.finished(ctx, None)
 
-    async def _exchange_with_retry(
-        self,
-        ctx: RequestContext,
-        chain: FilterChain,
-        pool: UpstreamPool,
-        head: bytes,
-        timeout: float,
-        retried: bool,
-    ) -> None:
+    async def _exchange_with_retry(self, ctx: RequestContext, head: bytes, retried: bool) -> None:
         cycle = ctx.cycle
+        pool = ctx.pool
+        timeout = pool.timeout
         body = cycle.body
         chunked = cycle.content_length is None
         replayable = cycle.method in IDEMPOTENT
@@ -399,7 +366,7 @@ class Proxy:
                 if not waiter.done():
                     waiter.set_result(None)
 
-            exchange = Exchange(ctx, chain, conn, head, timeout, done)
+            exchange = Exchange(ctx, conn, head, done)
             ok = False
             try:
                 exchange.send_head()

@@ -15,22 +15,15 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from apigate.config.schema import RouteConfig
 
-if TYPE_CHECKING:
-    from apigate.gateway.filters import FilterChain
-    from apigate.http.client import UpstreamPool
-
 
 class Route:
-    """One compiled route; the app sets `chain` once the filters are built, and `pool` and
-    `timeout` from its upstream (no lookup by upstream id per request)."""
-
-    chain: FilterChain
-    pool: UpstreamPool
-    timeout: float
+    """One compiled route: what matching and path rewriting need. What runs for it (its
+    filter chain and upstream pool) is in `App`'s table, by `index`, so that the route
+    (which every filter may look at) depends on nothing above it."""
 
     def __init__(
         self,

@@ -354,9 +354,12 @@ class UpstreamPool:
         *,
         max_idle: int,
         connect_timeout: float,
+        timeout: float = 30.0,
         verify_tls: bool = True,
         ca_path: str | None = None,
     ) -> None:
+        """`timeout`: the upstream's timeout_secs, the longest wait for its answer (and the
+        longest silence while its body streams); the proxy reads it from here."""
         parts = urlsplit(base_url)
         self.loop = asyncio.get_event_loop()
         self.tls = parts.scheme == "https"
@@ -370,6 +373,7 @@ class UpstreamPool:
         self.base_path = parts.path.rstrip("/").encode("latin-1")
         self.max_idle = max_idle
         self.connect_timeout = connect_timeout
+        self.timeout = timeout
         self.ssl: ssl.SSLContext | None = None
         if self.tls:
             ctx = ssl.create_default_context(cafile=ca_path)

@@ -24,10 +24,9 @@ from typing import Any, Final, Protocol
 import httptools
 from mypy_extensions import mypyc_attr
 
-from apigate.gateway.errors import error_body, error_headers
 from apigate.http import clock
 from apigate.http.body import BodyReader
-from apigate.http.errors import HttpError
+from apigate.http.errors import HttpError, error_body, error_headers
 from apigate.http.headers import (
     CONNECTION,
     CONTENT_LENGTH,

@@ -12,16 +12,24 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
+from apigate.logs.access import AccessSnapshot
+from apigate.logs.record import LEVELS, rfc3339
 from apigate.logs.redact import redact
 
-if TYPE_CHECKING:
-    from apigate.logs.pipeline import Pipeline
 
-LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+class Pipeline(Protocol):
+    """Where events go once a pipeline runs (pipeline.py `Pipeline`): a protocol, so that
+    this module, which every package imports, depends on nothing of the pipeline's."""
+
+    def submit(self, event: dict[str, Any]) -> None: ...
+
+    def submit_access(self, snapshot: AccessSnapshot) -> None: ...
+
+
 EARLY_MAX_EVENTS = 1000
 _min_level = 20
 _service = "api-gateway"
@@ -60,8 +68,6 @@ def current() -> Pipeline | None:
 
 
 def timestamp(now: float | None = None) -> str:
-    from apigate.logs.record import rfc3339
-
     return rfc3339(time.time() if now is None else now)
 
 

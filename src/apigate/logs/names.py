@@ -1,4 +1,4 @@
-"""Metric names of the log pipeline, in one place, and the per-sink counters behind them.
+"""The log pipeline's drop reasons and per-sink counters (its metric names are in telemetry/names.py).
 
 The telemetry exporter reads `Pipeline.samples()` (pipeline.py), which yields these
 names with their labels; nothing else in the package spells a metric name.
@@ -8,12 +8,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-
-LOG_EVENTS_TOTAL = "log_events_total"  # {sink}: events delivered (or written) by the sink
-LOG_EVENTS_DROPPED_TOTAL = "log_events_dropped_total"  # {sink, reason}
-LOG_SINK_ERRORS_TOTAL = "log_sink_errors_total"  # {sink}: failed deliveries (whole batch or item)
-LOG_SINK_QUEUE_DEPTH = "log_sink_queue_depth"  # {sink}: gauge, events waiting in memory
-LOG_SPOOL_BYTES = "log_spool_bytes"  # {sink}: gauge, bytes waiting in the disk spool
 
 # Reasons of log_events_dropped_total.
 DROP_QUEUE_FULL = "queue_full"  # the in-memory queue was full and no spool took the event

@@ -27,12 +27,12 @@ import orjson
 from apigate.config.schema import LoggingConfig, SinkConfig
 from apigate.http import clock
 from apigate.logs import names
-from apigate.logs.filter import AccessSnapshot, access_record
-from apigate.logs.record import Record, rfc3339
+from apigate.logs.access import AccessSnapshot, access_record
+from apigate.logs.record import LEVELS, Record, rfc3339
 from apigate.logs.redact import redact
 from apigate.logs.sinks.base import Sink
+from apigate.telemetry import names as metric_names
 
-LEVELS = {"DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 INTAKE_MAX_EVENTS = 50_000
 PUMP_INTERVAL_S = 0.02
 PUMP_BATCH = 2048
@@ -165,7 +165,7 @@ class Pipeline:
         q.append(event)
 
     def submit_access(self, snapshot: AccessSnapshot) -> None:
-        """The access filter's snapshot; the pump builds the event (logs/filter.py)."""
+        """The access filter's snapshot; the pump builds the event (logs/access.py)."""
         q = self.intake
         if len(q) >= INTAKE_MAX_EVENTS:
             q.popleft()
@@ -256,18 +256,18 @@ class Pipeline:
         """(metric name, labels, value) for every log metric; names.py has the names."""
         if self.intake_dropped:
             yield (
-                names.LOG_EVENTS_DROPPED_TOTAL,
+                metric_names.LOG_EVENTS_DROPPED_TOTAL,
                 {"sink": PIPELINE, "reason": names.DROP_QUEUE_FULL},
                 float(self.intake_dropped),
             )
         for s in self.sinks:
             label = {"sink": s.name}
-            yield names.LOG_EVENTS_TOTAL, label, float(s.stats.events)
-            yield names.LOG_SINK_ERRORS_TOTAL, label, float(s.stats.errors)
-            yield names.LOG_SINK_QUEUE_DEPTH, label, float(s.queue_depth)
-            yield names.LOG_SPOOL_BYTES, label, float(s.spool_bytes)
+            yield metric_names.LOG_EVENTS_TOTAL, label, float(s.stats.events)
+            yield metric_names.LOG_SINK_ERRORS_TOTAL, label, float(s.stats.errors)
+            yield metric_names.LOG_SINK_QUEUE_DEPTH, label, float(s.queue_depth)
+            yield metric_names.LOG_SPOOL_BYTES, label, float(s.spool_bytes)
             for reason, n in sorted(s.stats.dropped.items()):
-                yield names.LOG_EVENTS_DROPPED_TOTAL, {"sink": s.name, "reason": reason}, float(n)
+                yield metric_names.LOG_EVENTS_DROPPED_TOTAL, {"sink": s.name, "reason": reason}, float(n)
 
 
 def build_sink(sc: SinkConfig, name: str, text: bool, worker: int | None) -> Sink:

@@ -8,6 +8,10 @@ Elasticsearch's `_id`, which is what makes retries idempotent there.
 from __future__ import annotations
 
 import time
+from typing import Final
+
+# Level names to numbers, for events, sinks' min_level and logging.level (the only copy).
+LEVELS: Final = {"DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 
 
 class Record:

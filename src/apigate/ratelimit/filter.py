@@ -31,17 +31,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from functools import partial
 
 from apigate.config.schema import Config, LimitConfig
-from apigate.gateway.context import RequestContext
-from apigate.gateway.filters import Filter, RequestOutcome, Response
+from apigate.gateway.filters import Filter, RequestContext, RequestOutcome, Response, Sample
 from apigate.gateway.router import Route
 from apigate.logs import events
 from apigate.ratelimit.algorithms import ALGORITHMS, SHORT_NAMES, Decision, check_units, window_ms
 from apigate.ratelimit.keys import ClientIp, key_for, scope_prefix
 from apigate.ratelimit.memory import MemoryStore
 from apigate.ratelimit.redis import RedisStore, StoreUnavailable, call_args, packed_args
+from apigate.telemetry.names import (
+    RATE_LIMIT_BACKEND_ERRORS_TOTAL,
+    RATE_LIMIT_BACKEND_LATENCY_SECONDS,
+    RATE_LIMITED_REQUESTS_TOTAL,
+)
 
 DEGRADED_LOG_INTERVAL_S = 10.0
 X_API_KEY = b"x-api-key"
@@ -213,6 +218,20 @@ class RateLimitFilter(Filter):
             )
         return self.decide(ctx, rule, self.memory.check(key, rule.algorithm, rule.limit, rule.window))
 
+    # ------------------------------------------------------------------ lifecycle
     async def close(self) -> None:
         if self.store is not None:
             await self.store.close()
+
+    def samples(self) -> Iterator[Sample]:
+        """rate_limited_requests_total, and the Redis store's errors and round-trip latency."""
+        for (route, key_type), n in self.limited.items():
+            yield RATE_LIMITED_REQUESTS_TOTAL, (route, key_type), float(n)
+        store = self.store
+        if store is None:
+            return
+        for reason, n in store.backend_errors.items():
+            yield RATE_LIMIT_BACKEND_ERRORS_TOTAL, (reason,), float(n)
+        buckets = [float(b) for b in store.latency_buckets]
+        over = float(store.latency_count) - sum(buckets)  # above the last bound: +Inf only
+        yield RATE_LIMIT_BACKEND_LATENCY_SECONDS, (), [*buckets, over, float(store.latency_sum)]

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from apigate.gateway.errors import error_body, error_headers
-from apigate.http.headers import Headers
+from apigate.http.errors import error_body, error_headers, json_headers
 from apigate.telemetry import metrics
 from apigate.telemetry.health import Health
 
 if TYPE_CHECKING:
     from apigate.http.server import RequestCycle, ServerState
-
-_JSON: Headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 
 class AdminApp:
@@ -35,7 +32,7 @@ class AdminApp:
         else:
             answer = self.health.answer(path)
             if answer is not None:
-                cycle.send_response(answer[0], list(_JSON), answer[1])
+                cycle.send_response(answer[0], json_headers(), answer[1])
             else:
                 status, body = error_body("not_found", None, "Not a metrics or health endpoint.")
                 cycle.send_response(status, error_headers(), body)

@@ -11,16 +11,14 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable
 
-from apigate.gateway.context import RequestContext
-from apigate.gateway.filters import Filter, RequestOutcome, Response
+from apigate.gateway.filters import Filter, RequestContext, RequestOutcome, Response
 from apigate.gateway.router import Route
 from apigate.http import clock as request_clock
-from apigate.http.headers import Headers
+from apigate.http.errors import json_headers
 from apigate.telemetry import metrics
 from apigate.telemetry.health import HEALTH_LIVE, HEALTH_READY, Health
 
 HEALTH_PATHS = frozenset({HEALTH_LIVE, HEALTH_READY})
-HEALTH_HEADERS: Headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 UNMATCHED = "unmatched"  # the route label of requests that matched no route (bounded cardinality)
 _BOUNDS = metrics.HTTP_REQUEST_DURATION.buckets
@@ -120,8 +118,8 @@ class HealthFilter(Filter):
     name = "health"
     priority = 1_000_000  # before correlation, auth and rate limits
 
-    def __init__(self) -> None:
-        self.health: Health | None = None  # bound by Telemetry once the App has built it
+    def __init__(self, health: Health) -> None:
+        self.health = health
 
     def applies_to(self, route: Route | None) -> bool:
         if route is None:
@@ -131,11 +129,10 @@ class HealthFilter(Filter):
         return any(route.pattern.match(p) for p in HEALTH_PATHS)
 
     def on_request(self, ctx: RequestContext) -> RequestOutcome:
-        health = self.health
-        if health is None or ctx.path not in HEALTH_PATHS:
+        if ctx.path not in HEALTH_PATHS:
             return None
-        answer = health.answer(ctx.path)
+        answer = self.health.answer(ctx.path)
         if answer is None:
             return None  # that endpoint is disabled: the route has it
         ctx.route = None  # answered by the gateway, not the route: metrics skip probes
-        return Response(answer[0], list(HEALTH_HEADERS), answer[1])
+        return Response(answer[0], json_headers(), answer[1])

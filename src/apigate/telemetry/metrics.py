@@ -1,4 +1,4 @@
-"""Every metric name apigate exports is defined here, once.
+"""Every metric apigate exports is registered here, once (the names are in names.py).
 
 The guide's alert rules (§5.1), runbook queries (§2.4) and the Grafana dashboard query
 these names and labels, so they are part of apigate's interface: renaming one breaks
@@ -35,6 +35,7 @@ from typing import Literal, TypeAlias, cast
 import orjson
 
 from apigate import __version__
+from apigate.telemetry import names
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -230,40 +231,42 @@ def _num(v: float) -> str:
 REGISTRY = Registry()
 
 # ------------------------------------------------------------------------------ the names
-BUILD_INFO = REGISTRY.gauge("apigate_build_info", "apigate build information.", ("version",))
+BUILD_INFO = REGISTRY.gauge(names.APIGATE_BUILD_INFO, "apigate build information.", ("version",))
 BUILD_INFO.set((__version__,), 1)
 BUILD_INFO.merge_max = True  # 1 per process, and 1 for the instance
-ACTIVE_CONNECTIONS = REGISTRY.gauge("active_connections", "Open client connections on the proxy listener.")
-IN_FLIGHT_REQUESTS = REGISTRY.gauge("in_flight_requests", "Requests being handled right now.")
+ACTIVE_CONNECTIONS = REGISTRY.gauge(
+    names.ACTIVE_CONNECTIONS, "Open client connections on the proxy listener."
+)
+IN_FLIGHT_REQUESTS = REGISTRY.gauge(names.IN_FLIGHT_REQUESTS, "Requests being handled right now.")
 
 HTTP_REQUESTS = REGISTRY.counter(
-    "http_requests_total",
+    names.HTTP_REQUESTS_TOTAL,
     "Requests answered, by method, route id ('unmatched' when none) and status code.",
     ("method", "route", "status"),
 )
 HTTP_REQUEST_DURATION = REGISTRY.histogram(
-    "http_request_duration_seconds",
+    names.HTTP_REQUEST_DURATION_SECONDS,
     "Time from the request head to the end of the response, by method and route id.",
     ("method", "route"),
     REQUEST_BUCKETS,
 )
 UPSTREAM_REQUEST_DURATION = REGISTRY.histogram(
-    "upstream_request_duration_seconds",
+    names.UPSTREAM_REQUEST_DURATION_SECONDS,
     "Time until the upstream's response headers, by upstream id.",
     ("service",),
     UPSTREAM_BUCKETS,
 )
 UPSTREAM_FAILURES = REGISTRY.counter(
-    "upstream_failures_total",
+    names.UPSTREAM_FAILURES_TOTAL,
     "Upstream calls that failed: connect, timeout, reset, bad_response, or a 5xx answer.",
     ("service", "reason"),
 )
 AUTH_FAILURES = REGISTRY.counter(
-    "auth_failures_total", "Requests refused by authentication, by reason.", ("reason",)
+    names.AUTH_FAILURES_TOTAL, "Requests refused by authentication, by reason.", ("reason",)
 )
 
 HTTP_ERROR_RATE = REGISTRY.gauge(
-    "http_error_rate",
+    names.HTTP_ERROR_RATE,
     "Share of requests answered 5xx over about the last minute (a quick look, as in the runbook's "
     "grep; alerts use rate(http_requests_total)).",
     ("window",),
@@ -307,23 +310,30 @@ REGISTRY.derived[HTTP_ERROR_RATE.name] = _ErrorRate()
 
 # Rate limiting (issue 4): the ratelimit package increments these.
 RATE_LIMITED_REQUESTS = REGISTRY.counter(
-    "rate_limited_requests_total", "Requests refused with 429, by route and key type.", ("route", "key_type")
+    names.RATE_LIMITED_REQUESTS_TOTAL,
+    "Requests refused with 429, by route and key type.",
+    ("route", "key_type"),
 )
 RATE_LIMIT_BACKEND_ERRORS = REGISTRY.counter(
-    "rate_limit_backend_errors_total", "Rate-limit store calls that failed, by reason.", ("reason",)
+    names.RATE_LIMIT_BACKEND_ERRORS_TOTAL, "Rate-limit store calls that failed, by reason.", ("reason",)
 )
 RATE_LIMIT_BACKEND_LATENCY = REGISTRY.histogram(
-    "rate_limit_backend_latency_seconds", "Round-trip time of rate-limit store calls.", (), BACKEND_BUCKETS
+    names.RATE_LIMIT_BACKEND_LATENCY_SECONDS,
+    "Round-trip time of rate-limit store calls.",
+    (),
+    BACKEND_BUCKETS,
 )
 
 # Log pipeline (issue 6): the logs package increments and sets these.
-LOG_EVENTS = REGISTRY.counter("log_events_total", "Log events delivered, by sink.", ("sink",))
+LOG_EVENTS = REGISTRY.counter(names.LOG_EVENTS_TOTAL, "Log events delivered, by sink.", ("sink",))
 LOG_EVENTS_DROPPED = REGISTRY.counter(
-    "log_events_dropped_total", "Log events dropped, by sink and reason.", ("sink", "reason")
+    names.LOG_EVENTS_DROPPED_TOTAL, "Log events dropped, by sink and reason.", ("sink", "reason")
 )
-LOG_SINK_ERRORS = REGISTRY.counter("log_sink_errors_total", "Failed deliveries to a sink.", ("sink",))
-LOG_SINK_QUEUE_DEPTH = REGISTRY.gauge("log_sink_queue_depth", "Events waiting in a sink's queue.", ("sink",))
-LOG_SPOOL_BYTES = REGISTRY.gauge("log_spool_bytes", "Bytes held in a sink's disk spool.", ("sink",))
+LOG_SINK_ERRORS = REGISTRY.counter(names.LOG_SINK_ERRORS_TOTAL, "Failed deliveries to a sink.", ("sink",))
+LOG_SINK_QUEUE_DEPTH = REGISTRY.gauge(
+    names.LOG_SINK_QUEUE_DEPTH, "Events waiting in a sink's queue.", ("sink",)
+)
+LOG_SPOOL_BYTES = REGISTRY.gauge(names.LOG_SPOOL_BYTES, "Bytes held in a sink's disk spool.", ("sink",))
 
 
 # ------------------------------------------------------------------------------ workers > 1

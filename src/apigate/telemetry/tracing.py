@@ -23,9 +23,9 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from apigate.gateway.context import RequestContext
-from apigate.gateway.filters import Filter, RequestOutcome
+from apigate.gateway.filters import Filter, RequestContext, RequestOutcome
 from apigate.http import clock
+from apigate.logs import events
 
 if TYPE_CHECKING:
     from apigate.config.schema import TracingConfig
@@ -81,6 +81,7 @@ class Tracing:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
+        self.cfg = cfg
         self.endpoint, self.explanation = resolve_endpoint(cfg)
         self.provider = TracerProvider(
             resource=Resource.create({"service.name": cfg.service_name}),
@@ -116,6 +117,27 @@ class TracingFilter(Filter):
         self.clock = clock.now  # ctx.start's clock
         # ctx.start is monotonic; spans want wall-clock nanoseconds.
         self.offset_ns = time.time_ns() - int(clock.now() * 1e9)
+
+    async def start(self) -> None:
+        """Say where spans go; WARN when that is not what the configuration says (a Jaeger
+        Thrift URL, which apigate does not speak)."""
+        tracing, t = self.tracing, self.tracing.cfg
+        rerouted = tracing.endpoint != t.endpoint and t.endpoint is not None
+        events.emit(
+            "WARN" if rerouted or "Thrift" in tracing.explanation else "INFO",
+            "telemetry",
+            "tracing_started",
+            f"Tracing: {tracing.explanation}",
+            endpoint=tracing.endpoint,
+            configured_endpoint=t.endpoint,
+            backend=t.backend,
+            sampling_rate=t.sampling_rate,
+            service_name=t.service_name,
+        )
+
+    async def close(self) -> None:
+        """Flush the spans still queued (bounded by the exporter's timeout)."""
+        await self.tracing.shutdown()
 
     def on_request(self, ctx: RequestContext) -> RequestOutcome:
         cycle = ctx.cycle
