@@ -387,7 +387,10 @@ class UpstreamPool:
         self.active = 0
 
     def __repr__(self) -> str:
-        counts = f"idle={len(self.idle)} active={self.active} connecting={self.connecting}"
+        # httpcore's habit: the counts a reader of a log line or a debugger needs.
+        idle = len(self.idle)
+        total = idle + self.active + self.connecting
+        counts = f"idle={idle} active={self.active} connecting={self.connecting} total={total}"
         return f"<UpstreamPool {self.key} {counts}>"
 
     def acquire_idle(self) -> UpstreamConnection | None:
