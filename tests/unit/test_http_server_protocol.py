@@ -239,11 +239,6 @@ async def test_an_upgrade_request_is_answered_as_plain_http_then_the_connection_
     assert ended(transport)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="listener bug: an Upgrade request answered inside the handler call (a local reply: "
-    "404, 401, 429) keeps the connection open, and llhttp drops what followed it in the read",
-)
 @run_in_loop
 async def test_an_upgrade_request_answered_at_once_also_closes_the_connection() -> None:
     _, transport = serve(echo)

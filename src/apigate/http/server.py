@@ -396,6 +396,10 @@ class HttpServerProtocol:
             for cycle in (self.active, *self.pipeline):
                 if cycle is not None:
                     cycle.keep_alive = False
+            if self.active is None and not self.pipeline:
+                # Answered within the handler call (a local reply): llhttp reads nothing
+                # after an upgrade, so the connection must end now, not at the idle timeout.
+                self._close()
             return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
