@@ -15,6 +15,7 @@ from ratelimit_fixtures import CASES, T0, Case, RedisCluster, redis_cluster, rl_
 
 from apigate.ratelimit.algorithms import Algorithm
 from apigate.ratelimit.redis import SCRIPT_SHA, RedisStore, StoreUnavailable, call_args, packed_args
+from apigate.redis.endpoint import RedisTarget
 
 __all__ = ["redis_cluster", "rl_redis"]  # fixtures
 
@@ -145,7 +146,7 @@ def test_cluster_passes_the_shared_table_with_one_pipeline_per_node(redis_cluste
     import redis
 
     async def run() -> None:
-        store = RedisStore(None, 2000, cluster_nodes=redis_cluster.nodes)
+        store = RedisStore(RedisTarget(cluster_nodes=tuple(redis_cluster.nodes)), 2000)
         for i, case in enumerate(CASES):
             await _replay(store, case, b"cluster:%d" % i)
         before = store.round_trips
@@ -171,7 +172,7 @@ def test_cluster_noscript_is_reloaded_on_every_node(redis_cluster: RedisCluster)
         redis.Redis(host=HOST, port=port).script_flush()
 
     async def run() -> None:
-        store = RedisStore(None, 2000, cluster_nodes=redis_cluster.nodes)
+        store = RedisStore(RedisTarget(cluster_nodes=tuple(redis_cluster.nodes)), 2000)
         args = packed_args(call_args(Algorithm.TOKEN_BUCKET, 5, 60_000))
         results = await asyncio.gather(*(store.check(b"rl:ns:%d" % i, args) for i in range(30)))
         assert all(r[0] for r in results)
@@ -208,7 +209,7 @@ def test_sentinel_names_the_master(rl_redis: RedisServer, tmp_path_factory: pyte
         client.delete("rl:sentinel")
 
         async def run() -> None:
-            store = RedisStore(None, 2000, sentinel=("rlmaster", [f"{HOST}:{port}"]))
+            store = RedisStore(RedisTarget(sentinel=("rlmaster", (f"{HOST}:{port}",))), 2000)
             args = packed_args(call_args(Algorithm.FIXED_WINDOW, 2, 60_000))
             results = await asyncio.gather(*(store.check(b"rl:sentinel", args) for _ in range(3)))
             assert [r[0] for r in results] == [True, True, False]

@@ -11,6 +11,7 @@ import orjson
 
 from apigate.config.schema import RouteConfig, UpstreamConfig
 from apigate.gateway.router import Router
+from apigate.redis.endpoint import RedisTarget
 from apigate.telemetry import health as health_mod
 from apigate.telemetry.filter import HealthFilter
 from apigate.telemetry.health import Health, redis_check, upstream_check
@@ -152,13 +153,16 @@ def test_redis_check_fails_fast_without_redis() -> None:
     assert ok is False and detail
 
 
-def test_redis_url_falls_back_to_the_session_store() -> None:
+def test_redis_target_falls_back_to_the_session_store() -> None:
     cfg: Any = SimpleNamespace(
         rate_limiting=None, auth=SimpleNamespace(session_store=SimpleNamespace(redis_url="redis://x"))
     )
-    assert health_mod.redis_url_of(cfg) == "redis://x"
-    cfg.rate_limiting = SimpleNamespace(redis_url="redis://rl")
-    assert health_mod.redis_url_of(cfg) == "redis://rl"
+    assert health_mod.redis_target_of(cfg) == RedisTarget("redis://x")
+    rl = {"redis_url": "redis://rl", "redis_cluster_nodes": [], "redis_sentinel": None}
+    cfg.rate_limiting = SimpleNamespace(**rl)
+    assert health_mod.redis_target_of(cfg) == RedisTarget("redis://rl")
+    cfg.rate_limiting = SimpleNamespace(**{**rl, "redis_url": None, "redis_cluster_nodes": ["h:1", "h:2"]})
+    assert health_mod.redis_target_of(cfg) == RedisTarget(None, ("h:1", "h:2"))
 
 
 def test_health_filter_joins_only_routes_covering_health_paths() -> None:

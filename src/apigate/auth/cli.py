@@ -145,23 +145,29 @@ def cmd_session_revoke(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _with_store(cfg: Config, action: Callable[[Any], Any]) -> int:
-    from apigate.auth.sessions import RedisSessionStore, session_redis_url
+    from apigate.auth.sessions import RedisSessionStore
+    from apigate.redis.client import StoreUnavailable
+    from apigate.redis.endpoint import session_target
 
-    url = session_redis_url(cfg)
-    if url is None:
+    target = session_target(cfg)
+    if target is None:
         _err(
             "no Redis for sessions: set auth.session_store.redis_url (or rate_limiting.redis_url); "
             "the in-memory store lives inside one gateway process and cannot be reached from here"
         )
         return EXIT_USAGE
     assert cfg.auth is not None
+    timeout = max(cfg.auth.session_store.timeout_ms / 1000, 2.0)
 
     async def run() -> int:
-        store = RedisSessionStore(url, max(cfg.auth.session_store.timeout_ms / 1000, 2.0))  # type: ignore[union-attr]
+        store = RedisSessionStore(target, timeout, events=None)
         try:
             await action(store)
-        except Exception as e:  # redis-py raises many kinds; all mean the same here
-            _err(f"session store: {type(e).__name__}: {e}")
+        except StoreUnavailable as e:
+            _err(f"session store {target} unavailable ({store.client.last_error or e.reason})")
+            return 1
+        except Exception as e:  # an error reply
+            _err(f"session store {target}: {type(e).__name__}: {e}")
             return 1
         finally:
             await store.close()

@@ -8,9 +8,12 @@ The in-memory store lives inside one gateway process (for tests and embedding): 
 process cannot reach it, so the CLI refuses to work without Redis.
 
 Redis lookups happen only on a claims-cache miss, and all misses of one event-loop turn
-go to Redis as one MGET (DESIGN.md: one pipelined round trip per turn); concurrent
-requests with the same new token share one lookup. Redis down or slower than
-`timeout_ms` makes those requests fail with `store_unavailable` (503), never hang.
+go to Redis as one MGET (DESIGN.md: one pipelined round trip per turn; on a Cluster, one
+GET per token in the client's per-node pipelines); concurrent requests with the same new
+token share one lookup. Redis is reached through the shared client (apigate/redis/: one
+server, Sentinel or Cluster, deadlines, circuit breaker). Redis down, slower than
+`timeout_ms` or behind an open breaker makes those requests fail with
+`store_unavailable` (503), never hang.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Awaitable
+from functools import partial
 from typing import Any, Protocol
 
 import orjson
@@ -26,11 +30,12 @@ import orjson
 from apigate.auth import reasons
 from apigate.auth.reasons import AuthFailure
 from apigate.config.schema import Config
-from apigate.logs import events
+from apigate.redis.client import ClientEvents, RedisClient, StoreUnavailable
+from apigate.redis.endpoint import RedisTarget, session_target
+from apigate.redis.resp import pack
 
 KEY_PREFIX = "session:"
 TOKEN_BYTES = 32  # of randomness: 256 bits, 43 URL-safe characters
-STORE_ERROR_LOG_INTERVAL_S = 10.0  # at most one store_unavailable event per interval
 
 Claims = dict[str, Any]
 Lookup = Claims | None | Awaitable[Claims | None]
@@ -103,36 +108,38 @@ class MemorySessionStore:
 
 _UNAVAILABLE = object()  # a lookup result: the store could not answer
 
+EVENTS = ClientEvents(
+    component="auth",
+    error="session_store_unavailable",
+    error_message="Session store unavailable",
+    down="session_store_down",
+    down_message="Session store unreachable: circuit open, probing",
+    up="session_store_up",
+    up_message="Session store reachable again: circuit closed",
+)
+
 
 class RedisSessionStore:
-    """Sessions in Redis (redis-py asyncio with hiredis), batched per event-loop turn."""
+    """Sessions in Redis through the shared client, batched per event-loop turn."""
 
-    def __init__(self, url: str, timeout: float) -> None:
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        self.url = url
+    def __init__(
+        self, target: RedisTarget | str, timeout: float, events: ClientEvents | None = EVENTS
+    ) -> None:
+        """`events=None`: no events (the `apigate session` commands print on stdout)."""
+        if not isinstance(target, RedisTarget):
+            target = RedisTarget(target)
         self.timeout = timeout
-        # One retry, at once, for a pooled connection Redis closed; `timeout` bounds it all.
-        self.redis = Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            max_connections=32,
-            retry=Retry(NoBackoff(), 1),
-        )
+        self.client = RedisClient(target, timeout, events)
         self._pending: dict[str, asyncio.Future[object]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._last_error_log = -STORE_ERROR_LOG_INTERVAL_S
 
     def lookup(self, token: str) -> Lookup:
+        if not self.client.available:
+            return _unavailable()
         fut = self._pending.get(token)
         if fut is None:
-            loop = asyncio.get_running_loop()
             if not self._pending:
-                loop.call_soon(self._flush)
-            fut = self._pending[token] = loop.create_future()
+                self.client.at_flush(self._flush)
+            fut = self._pending[token] = self.client.loop.create_future()
         return self._wait(fut)
 
     async def _wait(self, fut: asyncio.Future[object]) -> Claims | None:
@@ -143,65 +150,50 @@ class RedisSessionStore:
         return result  # type: ignore[return-value]
 
     def _flush(self) -> None:
+        """The turn's tokens: one MGET, or on a Cluster (keys in different slots) one GET each."""
         batch, self._pending = self._pending, {}
-        task = asyncio.get_running_loop().create_task(self._fetch(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if self.client.cluster is None:
+            tokens = list(batch)
+            command = pack(b"MGET", *((KEY_PREFIX + t).encode() for t in tokens))
+            self.client.submit(command, partial(self._answer_all, tokens, batch))
+            return
+        for token, fut in batch.items():
+            self.client.submit(pack(b"GET", (KEY_PREFIX + token).encode()), partial(self._answer, fut))
 
-    async def _fetch(self, batch: dict[str, asyncio.Future[object]]) -> None:
-        tokens = list(batch)
-        results: list[object]
-        try:
-            async with asyncio.timeout(self.timeout):
-                raw = await self.redis.mget([KEY_PREFIX + t for t in tokens])
-        except Exception as e:  # any failure of the store is the same answer: unavailable
-            self._log_error(e)
-            results = [_UNAVAILABLE] * len(tokens)
-        else:
-            now = time.time()
-            results = [parse_claims(r, now) for r in raw]
-        for token, result in zip(tokens, results, strict=True):
-            fut = batch[token]
-            if not fut.done():
-                fut.set_result(result)
+    def _answer_all(self, tokens: list[str], batch: dict[str, asyncio.Future[object]], reply: object) -> None:
+        values = reply if isinstance(reply, list) and len(reply) == len(tokens) else [reply] * len(tokens)
+        for token, value in zip(tokens, values, strict=True):
+            self._answer(batch[token], value)
 
-    def _log_error(self, error: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._last_error_log >= STORE_ERROR_LOG_INTERVAL_S:
-            self._last_error_log = now
-            events.emit(
-                "ERROR",
-                "auth",
-                "session_store_unavailable",
-                "Session store unavailable",
-                error=type(error).__name__,
-                detail=str(error)[:200],
-            )
+    def _answer(self, fut: asyncio.Future[object], reply: object) -> None:
+        result: object
+        if reply is None or isinstance(reply, bytes):
+            result = parse_claims(reply, time.time())
+        else:  # any failure of the store is the same answer: unavailable
+            if not isinstance(reply, StoreUnavailable):  # (the client logs its own failures)
+                self.client.log_error("reply", str(reply))
+            result = _UNAVAILABLE
+        if not fut.done():
+            fut.set_result(result)
 
     async def create(self, token: str, claims: Claims, ttl: float) -> None:
-        await self.redis.set(KEY_PREFIX + token, orjson.dumps(claims), px=max(1, int(ttl * 1000)))
+        key, ttl_ms = (KEY_PREFIX + token).encode(), b"%d" % max(1, int(ttl * 1000))
+        await self.client.call(pack(b"SET", key, orjson.dumps(claims), b"PX", ttl_ms))
 
     async def revoke(self, token: str) -> bool:
-        return bool(await self.redis.delete(KEY_PREFIX + token))
+        return bool(await self.client.call(pack(b"DEL", (KEY_PREFIX + token).encode())))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await self.redis.aclose()
+        await self.client.close()
 
 
-def session_redis_url(cfg: Config) -> str | None:
-    """`auth.session_store.redis_url`, else `rate_limiting.redis_url`, else None (memory)."""
-    if cfg.auth is not None and cfg.auth.session_store.redis_url:
-        return cfg.auth.session_store.redis_url
-    if cfg.rate_limiting is not None:
-        return cfg.rate_limiting.redis_url
-    return None
+async def _unavailable() -> Claims | None:
+    raise AuthFailure(reasons.STORE_UNAVAILABLE)
 
 
 def open_session_store(cfg: Config) -> SessionStore:
-    url = session_redis_url(cfg)
-    if url is None:
+    target = session_target(cfg)
+    if target is None:
         return MemorySessionStore()
     timeout = (cfg.auth.session_store.timeout_ms if cfg.auth else 100) / 1000
-    return RedisSessionStore(url, timeout)
+    return RedisSessionStore(target, timeout)

@@ -22,7 +22,7 @@ proxied responses and any later local reply all carry them. A rejection is 429
 
 Counters for metrics (exported by the telemetry package):
 - `limited[(route_id, key_type)]` -> rate_limited_requests_total{route,key_type}
-- `store.backend_errors`, `store.latency_*` on the RedisStore (see redis.py);
+- `store.backend_errors`, `store.latency_*` on the RedisStore (see redis.py and apigate/redis/);
   `circuit_open` there counts checks answered without Redis while the breaker was open.
 - `degraded` -> checks answered by the fail_open local limiter.
 """
@@ -41,6 +41,7 @@ from apigate.ratelimit.algorithms import ALGORITHMS, SHORT_NAMES, Decision, chec
 from apigate.ratelimit.keys import ClientIp, key_for, scope_prefix
 from apigate.ratelimit.memory import MemoryStore
 from apigate.ratelimit.redis import RedisStore, StoreUnavailable, call_args, packed_args
+from apigate.redis.endpoint import ratelimit_target
 from apigate.telemetry.names import (
     RATE_LIMIT_BACKEND_ERRORS_TOTAL,
     RATE_LIMIT_BACKEND_LATENCY_SECONDS,
@@ -111,13 +112,9 @@ class RateLimitFilter(Filter):
         self.client_ip = ClientIp(cfg.server.trusted_proxies)
         self.memory = memory if memory is not None else MemoryStore()
         self.store = store
-        if store is None and rl is not None and (rl.redis_url or rl.redis_cluster_nodes or rl.redis_sentinel):
-            sentinel = None
-            if rl.redis_sentinel is not None:
-                sentinel = (rl.redis_sentinel.master_name, rl.redis_sentinel.sentinels)
-            self.store = RedisStore(
-                rl.redis_url, rl.timeout_ms, cluster_nodes=rl.redis_cluster_nodes, sentinel=sentinel
-            )
+        target = ratelimit_target(cfg)
+        if store is None and rl is not None and target is not None:
+            self.store = RedisStore(target, rl.timeout_ms)
         # metrics
         self.limited: dict[tuple[str, str], int] = {r.metric_key: 0 for r in self.rules.values()}
         self.degraded = 0

@@ -24,6 +24,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from apigate.redis.client import RedisClient
+from apigate.redis.endpoint import RedisTarget, ratelimit_target, session_target
+
 if TYPE_CHECKING:
     from apigate.config.schema import Config, UpstreamConfig
     from apigate.http.server import ServerState
@@ -115,12 +118,9 @@ class Health:
 
 
 # ---------------------------------------------------------------------------- built-in checks
-def redis_url_of(cfg: Config) -> str | None:
+def redis_target_of(cfg: Config) -> RedisTarget | None:
     """The Redis readiness pings: the rate-limit store, else the session store."""
-    url = cfg.rate_limiting.redis_url if cfg.rate_limiting is not None else None
-    if url is None and cfg.auth is not None:
-        url = cfg.auth.session_store.redis_url
-    return url
+    return ratelimit_target(cfg) or session_target(cfg)
 
 
 def add_configured_checks(health: Health, cfg: Config) -> None:
@@ -129,8 +129,8 @@ def add_configured_checks(health: Health, cfg: Config) -> None:
     if not hc.readiness_enabled:
         return
     if hc.check_redis:
-        url = redis_url_of(cfg)
-        if url is None:
+        target = redis_target_of(cfg)
+        if target is None:
 
             async def no_redis() -> tuple[bool, str]:
                 return True, "skipped: no redis_url configured (limits and sessions are in memory)"
@@ -138,7 +138,7 @@ def add_configured_checks(health: Health, cfg: Config) -> None:
             health.register("redis", no_redis)
         else:
             timeout_s = (cfg.rate_limiting.timeout_ms if cfg.rate_limiting is not None else 100) / 1000
-            check, close = redis_check(url, timeout_s)
+            check, close = redis_check(target, timeout_s)
             health.register("redis", check, timeout=max(timeout_s, 0.05))
             health.cleanups.append(close)
     if hc.check_upstreams:
@@ -148,28 +148,19 @@ def add_configured_checks(health: Health, cfg: Config) -> None:
             )
 
 
-def redis_check(url: str, timeout_s: float) -> tuple[Check, Callable[[], Awaitable[None]]]:
-    """PING on a small client of our own (one connection), bounded by the limit timeout."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(
-        url, socket_timeout=max(timeout_s, 0.05), socket_connect_timeout=max(timeout_s, 0.05)
-    )
-    client.connection_pool.max_connections = 1
+def redis_check(target: RedisTarget | str, timeout_s: float) -> tuple[Check, Callable[[], Awaitable[None]]]:
+    """PING through a shared-client instance of our own (one connection, no events: the
+    features log their own), bounded by the limit timeout."""
+    if not isinstance(target, RedisTarget):
+        target = RedisTarget(target)
+    client = RedisClient(target, max(timeout_s, 0.05), breaker=False)
 
     async def check() -> tuple[bool, str]:
-        try:
-            await client.ping()
-        except Exception:
-            # A broken connection is dropped, so the next round reconnects from scratch.
-            await client.connection_pool.disconnect()
-            raise
-        return True, "PONG"
+        if await client.ping():
+            return True, "PONG"
+        return False, f"no PONG from {target}" + (f" ({client.last_error})" if client.last_error else "")
 
-    async def close() -> None:
-        await client.aclose()
-
-    return check, close
+    return check, client.close
 
 
 def upstream_check(up: UpstreamConfig) -> Check:
