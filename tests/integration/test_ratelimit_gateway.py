@@ -5,10 +5,13 @@ Redis within 2 s of its return)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import statistics
+import threading
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -167,3 +170,52 @@ def test_redis_killed_fail_open(
         assert free_port() > 0
     finally:
         redis.stop()
+
+
+def test_a_starved_gateway_with_a_healthy_redis_answers_no_503(
+    gateway: GatewayFactory, demo: UpstreamProcess, rl_redis: RedisServer
+) -> None:
+    """Issue 16: a burst of new keep-alive connections (200 connecting at a time) while the
+    gateway's loop is starved — here frozen for 150 ms at a time with SIGSTOP, three times
+    the 50 ms deadline — must not be reported as a store outage: Redis answered at once."""
+    gw = _redis_gateway(gateway, demo, rl_redis, "fail_closed")
+    assert get(gw.port).status == 200  # connected to Redis
+    counts: Counter[int] = Counter()
+    stop = threading.Event()
+
+    def starve() -> None:
+        while not stop.wait(0.05):
+            os.killpg(gw.pid, signal.SIGSTOP)
+            time.sleep(0.15)
+            os.killpg(gw.pid, signal.SIGCONT)
+
+    async def client(gate: asyncio.Semaphore) -> None:
+        async with gate:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            try:
+                for _ in range(2):
+                    writer.write(b"GET /api/users HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = next(
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    )
+                    await reader.readexactly(length)
+                    counts[int(head[9:12])] += 1
+            finally:
+                writer.close()
+
+    async def burst() -> None:
+        gate = asyncio.Semaphore(200)
+        await asyncio.wait_for(asyncio.gather(*(client(gate) for _ in range(2000))), 120)
+
+    starver = threading.Thread(target=starve, daemon=True)
+    starver.start()
+    try:
+        asyncio.run(burst())
+    finally:
+        stop.set()
+        starver.join()
+        os.killpg(gw.pid, signal.SIGCONT)
+    assert counts == Counter({200: 4000}), counts
