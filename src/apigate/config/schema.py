@@ -236,7 +236,9 @@ class AuthCacheConfig(Section):
 
 class SessionStoreConfig(Section):
     redis_url: RedisUrl | None = Field(
-        None, description="Redis for sessions (default: rate_limiting.redis_url; in memory when neither)."
+        None,
+        description="Redis for sessions (default: rate limiting's Redis, cluster or sentinel included; "
+        "in memory when neither).",
     )
     timeout_ms: int = Field(100, ge=1, description="Longest a request waits on the session store; then 503.")
 
