@@ -20,6 +20,25 @@ import redis
 from harness import APIGATE, HOST, free_port, port_accepts, require_tool, stop_process, wait_until
 
 SECRET = "integration-secret-0123456789abcdef01"
+# The route the auth tests guard: /secure/<x> reaches the demo upstream's echo.
+SECURE_ROUTE: dict[str, Any] = {
+    "id": "secure",
+    "path": "/secure/*",
+    "upstream_id": "demo",
+    "rewrite": "/api/echo/{*}",
+    "auth_required": True,
+}
+
+
+def jwt_token(secret: Any = SECRET, alg: str = "HS256", **claims: Any) -> str:
+    """A JWT for `alice`, valid for 10 minutes; `claims` override or (None) remove claims."""
+    import time
+
+    import jwt
+
+    now = int(time.time())
+    payload: dict[str, Any] = {"sub": "alice", "iat": now, "exp": now + 600, **claims}
+    return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, algorithm=alg)
 
 
 class RedisServer:

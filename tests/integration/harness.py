@@ -686,18 +686,9 @@ Handler = Callable[[UpRequest, Conn], Awaitable[bool | None]]
 async def _read_request(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn_id: int, index: int, keep_body: int
 ) -> UpRequest | None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
+    req = await _read_head_only(reader, conn_id, index)
+    if req is None:
         return None
-    lines = head.decode("latin-1").split("\r\n")
-    method, target, version = lines[0].split(" ", 2)
-    headers = []
-    for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers.append((name.strip().lower(), value.strip()))
-    req = UpRequest(method, target, version, headers, conn_id, index)
     if (req.header("expect") or "").lower() == "100-continue":
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     h = hashlib.sha256()

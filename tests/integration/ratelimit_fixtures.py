@@ -23,7 +23,7 @@ from harness import HOST, free_port, port_accepts, require_tool, stop_process, w
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from ratelimit_cases import CASES, T0, Case  # the table shared with the unit tests
 
-__all__ = ["CASES", "T0", "Case", "RedisCluster", "hammer", "redis_cluster", "rl_redis"]
+__all__ = ["CASES", "T0", "Case", "RedisCluster", "hammer", "read_status", "redis_cluster", "rl_redis"]
 
 
 class RedisCluster:
@@ -94,21 +94,25 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster.stop()
 
 
+async def read_status(reader: asyncio.StreamReader) -> int:
+    """One response off a keep-alive connection (head and Content-Length body): its status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    if length:
+        await reader.readexactly(length)
+    return int(head[9:12])
+
+
 async def _worker(port: int, path: str, n: int, counts: Counter[int], headers: str = "") -> None:
     reader, writer = await asyncio.open_connection(HOST, port)
     request = f"GET {path} HTTP/1.1\r\nHost: gw.test\r\n{headers}\r\n".encode()
     try:
         for _ in range(n):
             writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            if length:
-                await reader.readexactly(length)
-            counts[status] += 1
+            counts[await read_status(reader)] += 1
     finally:
         writer.close()
 

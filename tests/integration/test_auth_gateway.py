@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from auth_fixtures import SECRET, apigate_cli
+from auth_fixtures import SECRET, SECURE_ROUTE, apigate_cli, jwt_token
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from harness import (
@@ -40,13 +40,7 @@ AUTH = {
     "claim_headers": {"X-User-Email": "email"},
 }
 ROUTES = [
-    {
-        "id": "secure",
-        "path": "/secure/*",
-        "upstream_id": "demo",
-        "rewrite": "/api/echo/{*}",
-        "auth_required": True,
-    },
+    SECURE_ROUTE,
     {
         "id": "admin",
         "path": "/admin/*",
@@ -60,10 +54,7 @@ ROUTES = [
 
 
 def token(secret: str = SECRET, alg: str = "HS256", **overrides: Any) -> str:
-    now = int(time.time())
-    payload: dict[str, Any] = {"sub": "alice", "iat": now, "exp": now + 600, "iss": ISSUER, "aud": "api"}
-    payload.update(overrides)
-    return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, algorithm=alg)
+    return jwt_token(secret, alg, **{"iss": ISSUER, "aud": "api", **overrides})
 
 
 def hs256_with_key_as_secret(public: rsa.RSAPublicKey, like: str) -> str:

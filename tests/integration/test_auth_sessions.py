@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from auth_fixtures import RedisServer, apigate_cli, redis_server, write_yaml
+from auth_fixtures import SECURE_ROUTE, RedisServer, apigate_cli, redis_server, write_yaml
 from harness import Gateway, GatewayFactory, UpstreamProcess, wait_until
 
 from apigate.auth.reasons import AuthFailure
@@ -23,15 +23,7 @@ from apigate.auth.sessions import KEY_PREFIX, RedisSessionStore, new_token, sess
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
-ROUTES = [
-    {
-        "id": "secure",
-        "path": "/secure/*",
-        "upstream_id": "demo",
-        "rewrite": "/api/echo/{*}",
-        "auth_required": True,
-    }
-]
+ROUTES = [SECURE_ROUTE]
 
 
 def run(coro: Any) -> Any:

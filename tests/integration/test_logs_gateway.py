@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from harness import GatewayFactory, ScriptedUpstream, bytes_handler
+from auth_fixtures import SECRET, jwt_token
+from harness import Gateway, GatewayFactory, ScriptedUpstream, bytes_handler
 
 from logservers.elasticsearch import ElasticsearchServer
 from logservers.splunk import SplunkServer
@@ -169,23 +170,25 @@ def test_sigterm_flushes_elasticsearch_and_splunk(
         hec.stop()
 
 
-def test_user_and_auth_failures_in_access_events(
-    gateway: GatewayFactory, upstream: ScriptedUpstream, tmp_path: Path
-) -> None:
-    import time
-
-    import jwt
-
-    secret = "logs-test-secret-0123456789abcdef0123"
+def _jwt_gateway(
+    gateway: GatewayFactory, upstream: ScriptedUpstream, tmp_path: Path, **logging_options: Any
+) -> tuple[Gateway, Path]:
+    """A gateway guarding /s/* with an HS256 secret, logging to a file: (gateway, log path)."""
     log = tmp_path / "gw.log"
     gw = gateway(
         {"up": upstream.url},
         [{"id": "secure", "path": "/s/*", "upstream_id": "up", "auth_required": True}],
-        auth={"jwt_secret": secret},
-        logging=logging_section(tmp_path, [{"type": "file", "file": {"path": str(log)}}], sampling_rate=0.0),
+        auth={"jwt_secret": SECRET},
+        logging=logging_section(tmp_path, [{"type": "file", "file": {"path": str(log)}}], **logging_options),
     )
-    now = int(time.time())
-    tok = jwt.encode({"sub": "alice", "iat": now, "exp": now + 600}, secret, algorithm="HS256")
+    return gw, log
+
+
+def test_user_and_auth_failures_in_access_events(
+    gateway: GatewayFactory, upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    gw, log = _jwt_gateway(gateway, upstream, tmp_path, sampling_rate=0.0)
+    tok = jwt_token()
     with httpx.Client(base_url=gw.url) as c:
         assert c.get("/s/x", headers={"authorization": f"Bearer {tok}"}).status_code == 200
         assert c.get("/s/x", headers={"authorization": "Bearer not-a-token"}).status_code == 401
@@ -202,20 +205,8 @@ def test_user_and_auth_failures_in_access_events(
 def test_authenticated_user_is_in_the_access_event(
     gateway: GatewayFactory, upstream: ScriptedUpstream, tmp_path: Path
 ) -> None:
-    import time
-
-    import jwt
-
-    secret = "logs-test-secret-0123456789abcdef0123"
-    log = tmp_path / "gw.log"
-    gw = gateway(
-        {"up": upstream.url},
-        [{"id": "secure", "path": "/s/*", "upstream_id": "up", "auth_required": True}],
-        auth={"jwt_secret": secret},
-        logging=logging_section(tmp_path, [{"type": "file", "file": {"path": str(log)}}]),
-    )
-    now = int(time.time())
-    tok = jwt.encode({"sub": "carol@example.com", "iat": now, "exp": now + 600}, secret, algorithm="HS256")
+    gw, log = _jwt_gateway(gateway, upstream, tmp_path)
+    tok = jwt_token(sub="carol@example.com")
     with httpx.Client(base_url=gw.url) as c:
         assert c.get("/s/x", headers={"authorization": f"Bearer {tok}"}).status_code == 200
     gw.stop()

@@ -108,14 +108,8 @@ class MemorySessionStore:
 
 _UNAVAILABLE = object()  # a lookup result: the store could not answer
 
-EVENTS = ClientEvents(
-    component="auth",
-    error="session_store_unavailable",
-    error_message="Session store unavailable",
-    down="session_store_down",
-    down_message="Session store unreachable: circuit open, probing",
-    up="session_store_up",
-    up_message="Session store reachable again: circuit closed",
+EVENTS = ClientEvents.for_store(
+    "auth", "session", "Session store", "session_store_unavailable", "Session store unavailable"
 )
 
 

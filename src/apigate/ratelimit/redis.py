@@ -38,14 +38,8 @@ __all__ = [
     "packed_args",
 ]
 
-EVENTS = ClientEvents(
-    component="ratelimit",
-    error="rate_limit_backend_error",
-    error_message="Rate-limit store error",
-    down="rate_limit_store_down",
-    down_message="Rate-limit store unreachable: circuit open, probing",
-    up="rate_limit_store_up",
-    up_message="Rate-limit store reachable again: circuit closed",
+EVENTS = ClientEvents.for_store(
+    "ratelimit", "rate_limit", "Rate-limit store", "rate_limit_backend_error", "Rate-limit store error"
 )
 
 # KEYS[1] the counter; ARGV: algorithm code (algorithms.Algorithm), limit, window_ms, and

@@ -92,6 +92,22 @@ class ClientEvents:
     up: str  # the breaker closed again
     up_message: str
 
+    @classmethod
+    def for_store(
+        cls, component: str, prefix: str, what: str, error: str, error_message: str
+    ) -> ClientEvents:
+        """`<prefix>_store_down` / `<prefix>_store_up` with messages about `what`, and the
+        owner's own error event."""
+        return cls(
+            component,
+            error,
+            error_message,
+            f"{prefix}_store_down",
+            f"{what} unreachable: circuit open, probing",
+            f"{prefix}_store_up",
+            f"{what} reachable again: circuit closed",
+        )
+
 
 class _Batch:
     """Replies expected for one write, in order: one handler per reply."""
