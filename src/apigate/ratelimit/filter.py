@@ -166,10 +166,12 @@ class RateLimitFilter(Filter):
         rule: Rule,
         key: bytes,
         outcome: asyncio.Future[Response | None],
-        result: Decision | StoreUnavailable,
+        reply: object,
     ) -> None:
         if outcome.done():  # the request went away meanwhile
             return
+        assert self.store is not None
+        result = self.store.decision(reply)
         if isinstance(result, StoreUnavailable):
             outcome.set_result(self.unavailable(ctx, rule, key))
         else:

@@ -147,9 +147,6 @@ def packed_args(args: Sequence[bytes]) -> bytes:
     return b"".join(bulk(a) for a in args)
 
 
-Answer = Callable[["Decision | StoreUnavailable"], None]
-
-
 class RedisStore:
     """Rate-limit checks through the shared Redis client."""
 
@@ -201,12 +198,13 @@ class RedisStore:
         return self.checks_sent / self.round_trips if self.round_trips else 0.0
 
     def check(self, key: bytes, args: bytes) -> asyncio.Future[Decision]:
-        """`submit` with a future: its result, or StoreUnavailable raised."""
+        """`submit` with a future: its Decision, or StoreUnavailable raised."""
         fut: asyncio.Future[Decision] = self.loop.create_future()
 
-        def answer(result: Decision | StoreUnavailable) -> None:
+        def answer(reply: object) -> None:
             if fut.done():
                 return
+            result = self.decision(reply)
             if isinstance(result, StoreUnavailable):
                 fut.set_exception(result)
             else:
@@ -215,26 +213,23 @@ class RedisStore:
         self.submit(key, args, answer)
         return fut
 
-    def submit(self, key: bytes, args: bytes, answer: Answer) -> None:
+    def submit(self, key: bytes, args: bytes, answer: Callable[[object], None]) -> None:
         """Queue one check (ARGV packed by `packed_args`); sent with the loop turn's batch.
-        `answer` is called exactly once, with the Decision or a StoreUnavailable, at the
-        latest when the deadline passes. (The filter uses this form: no future, no task.)"""
+        `answer` is called exactly once, with Redis's reply or a StoreUnavailable, at the
+        latest when the deadline passes; `decision(reply)` reads it. (The filter uses this
+        form: no future, no task, no closure of the store's own per check.)"""
+        self.client.submit(_EVALSHA_HEAD + bulk(key) + args, answer, _SCRIPT)
 
-        def reply(value: object) -> None:
-            answer(self._decision(value))
-
-        self.client.submit(_EVALSHA_HEAD + bulk(key) + args, reply, _SCRIPT)
-
-    def _decision(self, reply: object) -> Decision | StoreUnavailable:
+    def decision(self, reply: object) -> Decision | StoreUnavailable:
+        """A reply (or the failure in its place) as the script's Decision."""
+        if type(reply) is list and len(reply) == 4:
+            return reply[0] == 1, reply[1], reply[2], reply[3]
         if isinstance(reply, StoreUnavailable):
             return reply
         if isinstance(reply, ReplyError):
             self.backend_errors["script"] += 1
             self.client.log_error("script", str(reply))
-            return StoreUnavailable("script")
-        if not isinstance(reply, list) or len(reply) != 4:
-            return StoreUnavailable("script")
-        return reply[0] == 1, reply[1], reply[2], reply[3]
+        return StoreUnavailable("script")
 
     async def ping(self) -> bool:
         """True when Redis answers PING within timeout_ms (a readiness check can use it)."""

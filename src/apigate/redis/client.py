@@ -110,15 +110,19 @@ class ClientEvents:
 
 
 class _Batch:
-    """Replies expected for one write, in order: one handler per reply."""
+    """Replies expected for one write, in order: one call per reply. `retry` collects the
+    calls that met NOSCRIPT (None: none may retry, as in the batch that reloads them)."""
 
-    __slots__ = ("counted", "deadline", "handlers", "started", "timer")
+    __slots__ = ("calls", "counted", "deadline", "retry", "started", "timer")
 
-    def __init__(self, handlers: deque[Answer], started: float, deadline: float, counted: bool) -> None:
-        self.handlers = handlers
+    def __init__(
+        self, calls: deque[Call], started: float, deadline: float, counted: bool, retry: list[Call] | None
+    ) -> None:
+        self.calls = calls
         self.started = started
         self.deadline = deadline
         self.counted = counted  # a round trip of commands (not a handshake or a probe)
+        self.retry = retry
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -151,11 +155,22 @@ class _Connection(asyncio.Protocol):
                 self.abort("connection")
                 return
             batch = batches[0]
-            batch.handlers.popleft()(reply)
-            if not batch.handlers:
+            call = batch.calls.popleft()
+            if (
+                type(reply) is ReplyError
+                and call[1] is not None
+                and batch.retry is not None
+                and is_noscript(reply)
+            ):
+                batch.retry.append(call)
+            else:
+                _deliver(call[2], reply)
+            if not batch.calls:
                 batches.popleft()
                 if batch.timer is not None:
                     batch.timer.cancel()
+                if batch.retry:  # after the batch: calls that met NOSCRIPT go again behind SCRIPT LOAD
+                    self.client._retry(batch.retry)
                 if batch.counted:
                     self.in_flight -= 1
                     self.client._round_trip_done(batch.started)
@@ -174,8 +189,8 @@ class _Connection(asyncio.Protocol):
             if batch.timer is not None:
                 batch.timer.cancel()
             error = StoreUnavailable(reason)
-            for handler in batch.handlers:
-                handler(error)
+            for call in batch.calls:
+                _deliver(call[2], error)
 
     def abort(self, reason: str) -> None:
         """Drop the connection, failing every batch still waiting with `reason`."""
@@ -185,11 +200,18 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
         self.client._connection_lost(self, reason)
 
-    def write(self, data: bytes, handlers: deque[Answer], timeout: float, counted: bool = True) -> None:
+    def write(
+        self,
+        data: bytes,
+        calls: deque[Call],
+        timeout: float,
+        counted: bool = True,
+        retry: list[Call] | None = None,
+    ) -> None:
         assert self.transport is not None
         loop = self.client.loop
         now = loop.time()
-        batch = _Batch(handlers, now, now + timeout, counted)
+        batch = _Batch(calls, now, now + timeout, counted, retry)
         batch.timer = loop.call_at(batch.deadline, self._expire, batch)
         self.batches.append(batch)
         if counted:
@@ -197,7 +219,7 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
 
     def _expire(self, batch: _Batch) -> None:
-        if not batch.handlers:
+        if not batch.calls:
             return
         loop = self.client.loop
         if self.unread() and loop.time() - batch.deadline < STARVED_MAX_S:
@@ -378,30 +400,10 @@ class RedisClient:
             _deliver(answer, StoreUnavailable("timeout"))
 
     def _send(self, conn: _Connection, calls: list[Call], reload: tuple[Script, ...] = ()) -> None:
-        handlers: deque[Answer] = deque()
-        parts: list[bytes] = []
-        for script in reload:
-            parts.append(script.load)
-            handlers.append(_ignore)
-        retry: list[Call] = []
-        for call in calls:
-            parts.append(call[0])
-            handlers.append(self._handler(call, retry, not reload))
-        # After the batch: calls that met NOSCRIPT go again behind a SCRIPT LOAD.
-        handlers[-1] = _then(handlers[-1], lambda _: self._retry(retry))
+        replies: deque[Call] = deque((script.load, None, _ignore) for script in reload)
+        replies.extend(calls)
         self.commands_sent += len(calls)
-        conn.write(b"".join(parts), handlers, self.timeout)
-
-    def _handler(self, call: Call, retry: list[Call], may_retry: bool) -> Answer:
-        _, script, answer = call
-
-        def handle(reply: object) -> None:
-            if may_retry and script is not None and is_noscript(reply):
-                retry.append(call)
-            else:
-                _deliver(answer, reply)
-
-        return handle
+        conn.write(b"".join(c[0] for c in replies), replies, self.timeout, retry=None if reload else [])
 
     def _retry(self, retry: list[Call]) -> None:
         if not retry:
@@ -596,14 +598,6 @@ async def _exchange(conn: _Connection, data: bytes, n: int, timeout: float) -> l
         if len(replies) == n and not done.done():
             done.set_result(None)
 
-    conn.write(data, deque(got for _ in range(n)), timeout, counted=False)
+    conn.write(data, deque((b"", None, got) for _ in range(n)), timeout, counted=False)
     await done
     return replies
-
-
-def _then(first: Answer, after: Callable[[object], object]) -> Answer:
-    def both(reply: object) -> None:
-        first(reply)
-        after(reply)
-
-    return both
