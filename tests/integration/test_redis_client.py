@@ -179,3 +179,33 @@ def test_sessions_follow_rate_limitings_redis_cluster_and_sentinel_included(
 def test_a_target_names_no_password() -> None:
     assert str(RedisTarget("redis://user:s3cret@h:6380/1")) == "redis://h:6380"
     assert "s3cret" not in repr(RedisClient(RedisTarget("redis://:s3cret@h:6380/1"), 0.05))
+
+
+def test_filters_connect_at_start_before_any_request(rl_redis: RedisServer) -> None:
+    """A first connect in the middle of a burst would share the busy loop: the rate-limit
+    and session filters open their connections at start, before the listener accepts."""
+    from apigate.auth.filter import AuthFilter
+    from apigate.ratelimit.filter import RateLimitFilter
+
+    cfg = _cfg({"redis_url": rl_redis.url, "default_limit": {"limit": 5, "window_secs": 60}})
+    admin = rl_redis.client()
+
+    def clients() -> int:
+        return len(admin.client_list())
+
+    async def run() -> tuple[int, int]:
+        before = clients()
+        filters = [RateLimitFilter(cfg), AuthFilter(cfg)]
+        for f in filters:
+            await f.start()
+        for _ in range(200):
+            if clients() >= before + 2:
+                break
+            await asyncio.sleep(0.01)
+        after = clients()
+        for f in filters:
+            await f.close()
+        return before, after
+
+    before, after = asyncio.run(run())
+    assert after == before + 2  # one connection each, no request made

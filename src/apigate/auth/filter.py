@@ -103,9 +103,12 @@ class AuthFilter(Filter):
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Fetch the JWKS and keep it fresh (a task of the worker's loop)."""
+        """Fetch the JWKS and keep it fresh (a task of the worker's loop); connect the
+        session store."""
         if self.jwks is not None:
             self.jwks.start()
+        if self.store is not None:
+            self.store.start()
 
     async def close(self) -> None:
         if self.jwks is not None:

@@ -74,6 +74,10 @@ class SessionStore(Protocol):
 
     async def create(self, token: str, claims: Claims, ttl: float) -> None: ...
     async def revoke(self, token: str) -> bool: ...
+    def start(self) -> None:
+        """Open connections before traffic (in the background)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -101,6 +105,9 @@ class MemorySessionStore:
 
     async def revoke(self, token: str) -> bool:
         return self._sessions.pop(token, None) is not None
+
+    def start(self) -> None:
+        return None
 
     async def close(self) -> None:
         self._sessions.clear()
@@ -176,6 +183,9 @@ class RedisSessionStore:
 
     async def revoke(self, token: str) -> bool:
         return bool(await self.client.call(pack(b"DEL", (KEY_PREFIX + token).encode())))
+
+    def start(self) -> None:
+        self.client.start()
 
     async def close(self) -> None:
         await self.client.close()

@@ -215,6 +215,12 @@ class RateLimitFilter(Filter):
         return self.decide(ctx, rule, self.memory.check(key, rule.algorithm, rule.limit, rule.window))
 
     # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Connect to Redis before the listener accepts (in the background: a Redis that
+        is down is reported as usual and does not hold the worker's start)."""
+        if self.store is not None:
+            self.store.start()
+
     async def close(self) -> None:
         if self.store is not None:
             await self.store.close()

@@ -231,6 +231,9 @@ class RedisStore:
             self.client.log_error("script", str(reply))
         return StoreUnavailable("script")
 
+    def start(self) -> None:
+        self.client.start()
+
     async def ping(self) -> bool:
         """True when Redis answers PING within timeout_ms (a readiness check can use it)."""
         return await self.client.ping()

@@ -316,6 +316,12 @@ class RedisClient:
         """False while the breaker is open: answer without Redis."""
         return self.breaker.state is Breaker.CLOSED
 
+    def start(self) -> None:
+        """Open the connection now, in the background, before traffic arrives (a filter's
+        `start()`): a first connect during a burst of requests shares a busy loop."""
+        if self.endpoint is not None and self._conn is None and self._connecting is None and not self._closed:
+            self._connecting = self._spawn(self._connect())
+
     # ------------------------------------------------------------------ commands
     def submit(self, command: bytes, answer: Answer, script: Script | None = None) -> None:
         """Queue one packed command; written with the loop turn's batch. `answer` is called
