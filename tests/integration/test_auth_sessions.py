@@ -17,11 +17,12 @@ import orjson
 import pytest
 from auth_fixtures import SECURE_ROUTE, RedisServer, apigate_cli, redis_server, write_yaml
 from harness import Gateway, GatewayFactory, UpstreamProcess, wait_until
+from ratelimit_fixtures import RedisCluster, redis_cluster
 
 from apigate.auth.reasons import AuthFailure
 from apigate.auth.sessions import KEY_PREFIX, RedisSessionStore, new_token, session_claims
 
-__all__ = ["redis_server"]  # the fixture, imported for pytest
+__all__ = ["redis_cluster", "redis_server"]  # the fixtures, imported for pytest
 
 ROUTES = [SECURE_ROUTE]
 
@@ -158,6 +159,32 @@ def test_the_rate_limiting_redis_is_used_when_sessions_name_none(
     with httpx.Client(base_url=gw.url, timeout=10) as c:
         r = c.get("/secure/x", headers={"Cookie": f"session_token={out.stdout.strip()}"})
         assert r.status_code == 200 and dict(r.json()["headers"])["x-user-id"] == "bob"
+
+
+def test_sessions_on_rate_limitings_redis_cluster(
+    gateway: GatewayFactory, demo: UpstreamProcess, redis_cluster: RedisCluster
+) -> None:
+    """No session_store.redis_url: sessions live where rate limiting's Redis is, a Cluster
+    here — the CLI writes them there and the gateway finds them there."""
+    gw = gateway(
+        {"demo": demo.url},
+        ROUTES,
+        auth={"token_format": "session", "cache": {"enabled": False}},
+        rate_limiting={"redis_cluster_nodes": redis_cluster.nodes},
+    )
+    cfg = str(gw.config_path)
+    tokens = []
+    for sub in ("dora", "emil", "fay"):
+        out = apigate_cli("session", "create", "--config", cfg, "--sub", sub)
+        assert out.returncode == 0, out.stderr
+        tokens.append(out.stdout.strip())
+    with httpx.Client(base_url=gw.url, timeout=10) as c:
+        for sub, token in zip(("dora", "emil", "fay"), tokens, strict=True):
+            r = c.get("/secure/x", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200 and dict(r.json()["headers"])["x-user-id"] == sub
+        out = apigate_cli("session", "revoke", "--config", cfg, tokens[0])
+        assert out.returncode == 0 and out.stdout.strip() == "revoked"
+        assert c.get("/secure/x", headers={"Authorization": f"Bearer {tokens[0]}"}).status_code == 401
 
 
 def test_redis_down_is_503_then_recovers(
