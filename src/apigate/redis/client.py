@@ -191,6 +191,8 @@ class _Connection(asyncio.Protocol):
             error = StoreUnavailable(reason)
             for call in batch.calls:
                 _deliver(call[2], error)
+            for call in batch.retry or ():  # met NOSCRIPT, waiting for the batch's end
+                _deliver(call[2], error)
 
     def abort(self, reason: str) -> None:
         """Drop the connection, failing every batch still waiting with `reason`."""
@@ -582,6 +584,10 @@ class RedisClient:
             task.cancel()
         if self._conn is not None:
             self._conn.abort("connection")
+        pending, self._pending = self._pending, []
+        waiting, self._waiting_connection = self._waiting_connection, []
+        for _, _, answer in pending + [call for calls, _ in waiting for call in calls]:
+            _deliver(answer, StoreUnavailable("connection"))
         if self.cluster is not None:
             await self.cluster.aclose()
         if self.endpoint is not None and self.endpoint.sentinel is not None:
