@@ -4,7 +4,8 @@
 # data plane's hot modules with mypyc (scripts/build_native.py, as `make install` does)
 # into extensions placed beside the installed sources. Stage 2 is a slim Python with that
 # virtualenv, the operations scripts, kubectl and openssl (the config-backup CronJob runs
-# scripts/backup-config.sh from this image), running as a non-root user.
+# scripts/backup-config.sh from this image) and curl (the guide's §4.4 drill runs
+# `kubectl exec POD -- curl -s http://localhost:8080/health/live`), as a non-root user.
 #
 # tests/deploy/test_image.py runs the wheel and virtualenv steps below on the host (no
 # container engine there) and checks that this file still says what it runs.
@@ -34,7 +35,7 @@ RUN python -m venv /opt/build \
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openssl kubernetes-client \
+ && apt-get install -y --no-install-recommends openssl kubernetes-client curl \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 apigate \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin apigate \

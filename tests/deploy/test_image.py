@@ -93,6 +93,9 @@ def test_dockerfile_is_the_image_deploy_k8s_expects() -> None:
         if mount["mountPath"] != "/tmp" and not mount.get("readOnly"):
             assert mount["mountPath"] in DOCKERFILE, mount
     assert "COPY scripts/ /app/scripts/" in DOCKERFILE  # the config-backup CronJob runs /app/scripts/...
+    (packages,) = re.findall(r"apt-get install -y --no-install-recommends (openssl.*?) \\", DOCKERFILE)
+    # the backup's kubectl and openssl; curl for the guide's `kubectl exec ... curl .../health/live`
+    assert set(packages.split()) == {"openssl", "kubernetes-client", "curl"}
 
 
 def ignored(path: str) -> bool:

@@ -198,6 +198,7 @@ def test_probes_and_ports_are_the_gateways_own(builds: dict[str, Build], overlay
     c = build.container
     assert port_number(c, "http") == cfg.server.port
     assert port_number(c, "metrics") == cfg.observability.metrics_port
+    assert cfg.observability.metrics_enabled  # the metrics listener serves the probes
     for probe, path in (("livenessProbe", "/health/live"), ("readinessProbe", "/health/ready")):
         get = c[probe]["httpGet"]
         assert get["path"] == path
