@@ -152,9 +152,11 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def pod_templates(build: Build) -> list[tuple[str, Obj]]:
-    """(workload name, pod template) of every Deployment and StatefulSet."""
-    return [
-        (o["metadata"]["name"], o["spec"]["template"])
-        for o in build.objects
-        if o["kind"] in ("Deployment", "StatefulSet")
-    ]
+    """(workload name, pod template) of every Deployment, StatefulSet, Job and CronJob."""
+    out = []
+    for o in build.objects:
+        if o["kind"] in ("Deployment", "StatefulSet", "Job"):
+            out.append((o["metadata"]["name"], o["spec"]["template"]))
+        elif o["kind"] == "CronJob":
+            out.append((o["metadata"]["name"], o["spec"]["jobTemplate"]["spec"]["template"]))
+    return out

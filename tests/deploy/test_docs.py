@@ -19,6 +19,7 @@ KINDS = {
     "svc": "Service",
     "hpa": "HorizontalPodAutoscaler",
     "vpa": "VerticalPodAutoscaler",
+    "job": "Job",
 }
 
 

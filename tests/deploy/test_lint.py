@@ -15,7 +15,7 @@ YAML_TREES = ("deploy", "examples", "bench", ".yamllint.yaml")
 
 
 def shell_scripts() -> list[Path]:
-    """Files in scripts/ that are shell: *.sh, or a shell shebang."""
+    """Every script in scripts/ (*.sh, or a shell shebang) and every *.sh under deploy/."""
     found = []
     for path in sorted((REPO / "scripts").iterdir()):
         if not path.is_file():
@@ -23,7 +23,7 @@ def shell_scripts() -> list[Path]:
         first = path.read_bytes()[:64].split(b"\n", 1)[0]
         if path.suffix == ".sh" or (first.startswith(b"#!") and first.rstrip().endswith((b"sh", b"bash"))):
             found.append(path)
-    return found
+    return found + sorted((REPO / "deploy").rglob("*.sh"))
 
 
 def test_yamllint_is_clean() -> None:
@@ -63,6 +63,7 @@ def test_every_script_is_shellcheck_clean() -> None:
     shellcheck = require_tool("shellcheck", "/usr/bin/shellcheck")
     scripts = shell_scripts()
     assert REPO / "scripts" / "install-test-deps.sh" in scripts
+    assert REPO / "deploy" / "redis" / "cluster" / "create-cluster.sh" in scripts
     out = subprocess.run(
         [shellcheck, "--external-sources", *map(str, scripts)],
         cwd=REPO,

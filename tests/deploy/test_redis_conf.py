@@ -3,51 +3,27 @@ guide's §4.2.1 persistence in force."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from harness import HOST, free_port, port_accepts, require_tool, stop_process, wait_until
-from k8s import DEPLOY
+from harness import HOST, free_port, require_tool, wait_until
+from redis_nodes import CLUSTER_CONF, SINGLE_CONF, RedisNode
 
-CONFS = {"single": DEPLOY / "redis" / "redis.conf", "cluster": DEPLOY / "redis" / "cluster" / "redis.conf"}
+CONFS = {"single": SINGLE_CONF, "cluster": CLUSTER_CONF}
 
 
 @pytest.fixture(params=sorted(CONFS))
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, redis.Redis]]:
-    binary = require_tool("redis-server", "/usr/bin/redis-server", "/usr/sbin/redis-server")
-    port = free_port()
-    conf = CONFS[request.param]
-    # The file as shipped, except where it listens and writes: the loopback and a temporary
-    # directory instead of the pod's /data volume (redis-server changes into `dir` as it
-    # reads the line, so the line itself is replaced; the rest are command-line overrides).
-    lines = conf.read_text().splitlines()
-    assert "dir /data" in lines  # the StatefulSets mount the data volume at /data
-    local = tmp_path / "redis.conf"
-    local.write_text("\n".join(f"dir {tmp_path}" if line == "dir /data" else line for line in lines) + "\n")
-    overrides = ["--bind", HOST, "--port", str(port)]
-    if request.param == "cluster":
-        overrides += [
-            "--cluster-config-file",
-            str(tmp_path / "nodes.conf"),
-            "--cluster-port",
-            str(free_port()),
-        ]
-    with open(tmp_path / "redis.log", "wb") as log:
-        proc = subprocess.Popen(
-            [binary, str(local), *overrides], stdout=log, stderr=log, start_new_session=True
-        )
+    node = RedisNode(CONFS[request.param], tmp_path)
+    client = redis.Redis(host=HOST, port=node.port, decode_responses=True)
     try:
-        started = wait_until(lambda: proc.poll() is not None or port_accepts(port), 15)
-        assert started and proc.poll() is None, (tmp_path / "redis.log").read_text()
-        client = redis.Redis(host=HOST, port=port, decode_responses=True)
         yield request.param, client
-        client.close()
     finally:
-        stop_process(proc, signal.SIGTERM, 10)
+        client.close()
+        node.stop()
 
 
 def test_redis_conf_loads_with_the_guides_persistence(server: tuple[str, redis.Redis]) -> None:
