@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from k8s import (
     CONFIG_OF,
+    CRD_SCHEMAS,
     DEPLOY,
     K8S_VERSIONS,
     OVERLAYS,
@@ -61,6 +62,8 @@ def test_overlay_builds_with_the_guides_objects_in_its_namespace(
 def test_every_object_passes_strict_schema_validation(
     builds: dict[str, Build], overlay: str, version: str
 ) -> None:
+    for path in CRD_SCHEMAS.values():
+        assert path.is_file(), f"the schema {path} is missing: nothing would validate those objects"
     problems = [p for obj in builds[overlay].objects for p in schema_problems(obj, version)]
     assert not problems, "\n".join(problems)
 
