@@ -15,10 +15,10 @@ YAML_TREES = ("deploy", "examples", "bench", ".yamllint.yaml")
 
 
 def shell_scripts() -> list[Path]:
-    """Every script in scripts/ (*.sh, or a shell shebang) and every *.sh under deploy/."""
+    """Every script under scripts/ (*.sh, or a shell shebang) and every *.sh under deploy/."""
     found = []
-    for path in sorted((REPO / "scripts").iterdir()):
-        if not path.is_file():
+    for path in sorted((REPO / "scripts").rglob("*")):
+        if not path.is_file() or "__pycache__" in path.parts:
             continue
         first = path.read_bytes()[:64].split(b"\n", 1)[0]
         if path.suffix == ".sh" or (first.startswith(b"#!") and first.rstrip().endswith((b"sh", b"bash"))):
