@@ -59,7 +59,9 @@ def test_the_job_runs_the_script_on_the_statefulsets_nodes() -> None:
     assert env["REPLICAS"] == "1"
     scripts = build.get("ConfigMap", "redis-cluster-scripts")["data"]
     assert scripts["create-cluster.sh"] == SCRIPT.read_text()
-    assert container["command"] == ["sh", "/scripts/create-cluster.sh"]
+    assert container["command"] == ["sh", "/opt/redis-cluster/create-cluster.sh"]
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == "/opt/redis-cluster"
 
 
 def test_script_creates_three_masters_with_a_replica_each_once(six_nodes: list[RedisNode]) -> None:
