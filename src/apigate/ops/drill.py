@@ -141,6 +141,21 @@ def s3_endpoint(endpoint_url: str | None, procs: Processes) -> Iterator[str]:
     yield f"http://{HOST}:{port}"
 
 
+def redis_args(server: str, port: int, directory: Path, *extra: str) -> list[str]:
+    return [
+        server,
+        "--port",
+        str(port),
+        "--bind",
+        HOST,
+        "--dir",
+        str(directory),
+        "--appendonly",
+        "no",
+        *extra,
+    ]
+
+
 def seed(redis_url: str, sessions: int) -> dict[str, Any]:
     """Known data, as the gateway writes it: sessions with TTLs, rate-limit counters, a hash."""
     import redis
@@ -209,6 +224,10 @@ def http_status(url: str, token: str | None = None) -> int:
 
 
 def local_drill(endpoint_url: str | None, sessions: int, say: Callable[[str], None]) -> DrillResult:
+    import redis
+
+    from apigate.auth.sessions import KEY_PREFIX, new_token, session_claims
+
     redis_server = tool("redis-server", "REDIS_SERVER")
     with tempfile.TemporaryDirectory(prefix="apigate-drill-") as tmp:
         work = Path(tmp)
@@ -221,23 +240,9 @@ def local_drill(endpoint_url: str | None, sessions: int, say: Callable[[str], No
                 # 1. the live system
                 (work / "live").mkdir()
                 live_port = free_port()
-                procs.start(
-                    "redis-live",
-                    [
-                        redis_server,
-                        "--port",
-                        str(live_port),
-                        "--bind",
-                        HOST,
-                        "--dir",
-                        str(work / "live"),
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                    ],
-                    live_port,
-                )
+                # the live Redis sends its snapshot at once (repl-diskless-sync-delay: 5 s by default)
+                live = redis_args(redis_server, live_port, work / "live", "--repl-diskless-sync-delay", "0")
+                procs.start("redis-live", [*live, "--save", ""], live_port)
                 live_url = f"redis://{HOST}:{live_port}/0"
                 expected = seed(live_url, sessions)
                 up_port = free_port()
@@ -255,10 +260,6 @@ def local_drill(endpoint_url: str | None, sessions: int, say: Callable[[str], No
                 # 2. the backup, and a write it will not contain
                 done = backup_redis(live_url, f"s3://{BUCKET}/redis/", endpoint)
                 say(f"backed up {done.keys} keys to {done.url}")
-                import redis
-
-                from apigate.auth.sessions import KEY_PREFIX, new_token, session_claims
-
                 lost = new_token()
                 with contextlib.closing(redis.Redis.from_url(live_url)) as r:
                     r.set(KEY_PREFIX + lost, json.dumps(session_claims("late", 3600)), ex=3600)
@@ -267,29 +268,12 @@ def local_drill(endpoint_url: str | None, sessions: int, say: Callable[[str], No
                 t0 = time.monotonic()
                 fetched = fetch_verified(f"s3://{BUCKET}/redis/redis-backup-latest.rdb", work, endpoint)
                 install_into_dir(fetched.path, work / "restored", appendonly="no")
-                (work / "apigate.yaml").write_bytes(b"")
                 s3.download(config_url, work / "apigate.yaml")
                 new_port = free_port()
-                procs.start(
-                    "redis-restored",
-                    [
-                        redis_server,
-                        "--port",
-                        str(new_port),
-                        "--bind",
-                        HOST,
-                        "--dir",
-                        str(work / "restored"),
-                        "--appendonly",
-                        "no",
-                    ],
-                    new_port,
-                )
+                procs.start("redis-restored", redis_args(redis_server, new_port, work / "restored"), new_port)
                 new_url = f"redis://{HOST}:{new_port}/0"
                 # 4. checks
-                import redis as redis_mod
-
-                with contextlib.closing(redis_mod.Redis.from_url(new_url)) as r:
+                with contextlib.closing(redis.Redis.from_url(new_url)) as r:
                     have = int(r.dbsize())
                 if have != done.keys:
                     raise OpsError(f"restored Redis has {have} keys, the backup had {done.keys}")
