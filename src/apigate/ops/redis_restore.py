@@ -23,6 +23,7 @@ there): the gateway is scaled to 0 first (§4.3.3; an HPA does not act on a Depl
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import tempfile
@@ -296,18 +297,18 @@ def restore_into_pod(
 
 
 def _pod_dbsize(k: Kubectl, pod: str, timeout_s: float) -> int:
-    """DBSIZE once the restarted Redis answers (it may still be loading)."""
+    """Keys in every database (INFO keyspace) once the restarted Redis answers (it may be loading)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            out = k("exec", pod, "--", "redis-cli", "--raw", "DBSIZE").strip()
-            if out.isdigit():
-                return int(out)
+            out = k("exec", pod, "--", "redis-cli", "--raw", "INFO", "keyspace")
+            if "# Keyspace" in out:
+                return sum(int(m) for m in re.findall(r"^db\d+:keys=(\d+)", out, re.MULTILINE))
         except OpsError:
             if time.monotonic() > deadline:
                 raise
         if time.monotonic() > deadline:
-            raise OpsError(f"Redis in {pod} did not answer DBSIZE within {timeout_s:g}s")
+            raise OpsError(f"Redis in {pod} did not answer INFO keyspace within {timeout_s:g}s")
         time.sleep(1)
 
 
