@@ -250,7 +250,11 @@ for needle, out, code in json.load(open(replies)):
             sys.exit(subprocess.run(out[4:], shell=True).returncode)
         (sys.stderr if code else sys.stdout).write(out)
         sys.exit(code)
-if "cp" in argv:  # kubectl cp SRC NS/POD:PATH -> copy to PATH on this machine
+if "apply" in argv:  # kubectl apply -f FILE -> keep a copy of FILE in applied/
+    path = argv[argv.index("-f") + 1]
+    os.makedirs(os.path.join(os.path.dirname(log), "applied"), exist_ok=True)
+    shutil.copy(path, os.path.join(os.path.dirname(log), "applied", os.path.basename(path)))
+elif "cp" in argv:  # kubectl cp SRC NS/POD:PATH -> copy to PATH on this machine
     i = argv.index("cp")
     shutil.copy(argv[i + 1], argv[i + 2].split(":", 1)[1])
 elif "exec" in argv and shim:  # kubectl exec POD -- CMD... -> run CMD here (redis-cli -> the test's Redis)
@@ -294,6 +298,17 @@ class FakeKubectl:
     @property
     def env(self) -> dict[str, str]:
         return {"KUBECTL": str(self.path)}
+
+    def applied(self) -> dict[str, Any]:
+        """The files `kubectl apply -f` was given, by name, parsed."""
+        import yaml
+
+        directory = self.log.parent / "applied"
+        return (
+            {p.name: yaml.safe_load(p.read_text()) for p in sorted(directory.glob("*"))}
+            if directory.exists()
+            else {}
+        )
 
     def calls(self) -> list[list[str]]:
         if not self.log.exists():
