@@ -83,9 +83,13 @@ def redis_bytes(sessions: float, session_kb: float, rl_keys: float, rl_key_bytes
 
 
 def plan(i: Inputs) -> Plan:
-    for name in ("peak_rps", "per_instance_rps", "safety"):
+    for name, flag in (
+        ("peak_rps", "--peak-rps"),
+        ("per_instance_rps", "--per-instance"),
+        ("safety", "--safety"),
+    ):
         if getattr(i, name) <= 0:
-            raise OpsError(f"--{name.replace('_', '-')} must be greater than 0")
+            raise OpsError(f"{flag} must be greater than 0")
     if i.growth < 0 or i.upstream_instances < 1 or i.max_concurrent < 1:
         raise OpsError("--growth must be >= 0, --upstream-instances and --max-concurrent >= 1")
     n, raw = instances_for(i.peak_rps, i.per_instance_rps, i.safety)
