@@ -6,6 +6,7 @@
 #   wrk           (wrk)                      load generator (bench, load tests)
 #   promtool      (prometheus)               checks alert and recording rules
 #   amtool        (prometheus-alertmanager)  checks the Alertmanager config
+#   shellcheck    (shellcheck)               lints the scripts in scripts/
 #
 # As root: apt-get installs what is missing (services are not started by the install).
 # Not root: prints what to install; exits non-zero when CI=true (nothing may be skipped in CI),
@@ -19,6 +20,7 @@ TOOLS=(
   "wrk wrk /usr/bin/wrk"
   "promtool prometheus /usr/bin/promtool"
   "amtool prometheus-alertmanager /usr/bin/amtool"
+  "shellcheck shellcheck /usr/bin/shellcheck"
 )
 
 have() {
@@ -41,7 +43,7 @@ for entry in "${TOOLS[@]}"; do
 done
 
 if [ ${#missing_pkgs[@]} -eq 0 ]; then
-  echo "test tools: all present (redis-server nginx wrk promtool amtool)"
+  echo "test tools: all present (redis-server nginx wrk promtool amtool shellcheck)"
   exit 0
 fi
 
