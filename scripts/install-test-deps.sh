@@ -6,7 +6,7 @@
 #   wrk           (wrk)                      load generator (bench, load tests)
 #   promtool      (prometheus)               checks alert and recording rules
 #   amtool        (prometheus-alertmanager)  checks the Alertmanager config
-#   shellcheck    (shellcheck)               lints the scripts in scripts/
+#   and the linter shellcheck (package shellcheck) for the bash scripts in scripts/
 #
 # As root: apt-get installs what is missing (services are not started by the install).
 # Not root: prints what to install; exits non-zero when CI=true (nothing may be skipped in CI),
