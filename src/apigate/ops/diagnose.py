@@ -213,7 +213,7 @@ def analyse(w: Window, ready: dict[str, Any] | None, ready_error: str | None) ->
                         [Evidence("/health/ready checks.redis", detail, "now")],
                         "Rate limiting errors and authentication failures: Redis/session store down (§2.4.3)",
                         [
-                            f"kubectl get pods -l app=redis -n {NS}",
+                            f"kubectl get statefulset redis-master redis-replica -n {NS}",
                             f"kubectl exec -n {NS} redis-master-0 -- redis-cli PING",
                             f"kubectl logs -n {NS} redis-master-0 --tail=50",
                         ],
