@@ -35,6 +35,11 @@ def _guarded(name: str, fn: Handler) -> Handler:
         except KeyboardInterrupt:
             print(f"{name}: interrupted", file=sys.stderr)
             return 130
+        except Exception as e:  # an unforeseen failure still gets one line, not a traceback
+            from apigate.ops.errors import one_line
+
+            print(f"{name}: {type(e).__name__}: {one_line(str(e))}", file=sys.stderr)
+            return EXIT_FAILED
 
     return run
 

@@ -141,6 +141,22 @@ def s3_endpoint(endpoint_url: str | None, procs: Processes) -> Iterator[str]:
     yield f"http://{HOST}:{port}"
 
 
+def wait_loaded(redis_url: str, timeout_s: float = 120.0) -> None:
+    """Until a just-started Redis has loaded its snapshot (INFO persistence loading:0)."""
+    import redis
+
+    from apigate.ops.redis_restore import wait_for
+
+    def loaded() -> bool:
+        try:
+            with contextlib.closing(redis.Redis.from_url(redis_url, socket_timeout=5)) as r:
+                return int(r.info("persistence").get("loading", 1)) == 0
+        except redis.RedisError:
+            return False
+
+    wait_for(loaded, timeout_s, "loading the restored snapshot")
+
+
 def redis_args(server: str, port: int, directory: Path, *extra: str) -> list[str]:
     return [
         server,
@@ -272,6 +288,7 @@ def local_drill(endpoint_url: str | None, sessions: int, say: Callable[[str], No
                 new_port = free_port()
                 procs.start("redis-restored", redis_args(redis_server, new_port, work / "restored"), new_port)
                 new_url = f"redis://{HOST}:{new_port}/0"
+                wait_loaded(new_url)
                 # 4. checks
                 with contextlib.closing(redis.Redis.from_url(new_url)) as r:
                     have = int(r.dbsize())
