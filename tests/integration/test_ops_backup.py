@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,35 +19,50 @@ from harness import HOST, stop_process
 from ops_fixtures import FakeKubectl, LiveRedis, MotoS3, moto, run_script, start_redis_on
 
 __all__ = ["moto"]
+Completed = subprocess.CompletedProcess[str]
 STAMPED = re.compile(r"^redis/redis-backup-\d{8}-\d{6}\.rdb$")
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> LiveRedis:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRedis]:
     server = LiveRedis(tmp_path_factory.mktemp("live"), password="s3cret-pass")
-    yield server  # type: ignore[misc]
+    yield server
     server.stop()
 
 
-def backup(live: LiveRedis, moto: MotoS3, bucket: str) -> str:
-    out = run_script(
-        "backup-redis.sh",
-        "--redis-url",
-        live.url,
-        "--dest",
-        f"s3://{bucket}/redis/",
-        "--endpoint-url",
-        moto.url,
+def backup_redis(url: str, moto: MotoS3, dest: str, env: dict[str, str] | None = None) -> Completed:
+    return run_script(
+        "backup-redis.sh", "--redis-url", url, "--dest", dest, "--endpoint-url", moto.url, env=env
     )
+
+
+def verify_restored(port: int, *args: str) -> Completed:
+    return run_script(
+        "../.venv/bin/apigate", "restore", "verify", "--redis-url", f"redis://{HOST}:{port}", *args
+    )
+
+
+def backup(live: LiveRedis, moto: MotoS3, bucket: str) -> str:
+    out = backup_redis(live.url, moto, f"s3://{bucket}/redis/")
     assert out.returncode == 0, out.stderr
     assert not live.password or live.password not in out.stdout + out.stderr
     return out.stdout
 
 
-def restore(moto: MotoS3, bucket: str, key: str, *where: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def restore(moto: MotoS3, bucket: str, key: str, *where: str, env: dict[str, str] | None = None) -> Completed:
     return run_script(
         "restore-redis.sh", "--source", f"s3://{bucket}/{key}", "--endpoint-url", moto.url, *where, env=env
     )
+
+
+def backed_up(moto: MotoS3, source: LiveRedis) -> tuple[LiveRedis, str, int]:
+    """Back `source` up into a fresh bucket and stop it: (source, bucket, its key count)."""
+    try:
+        bucket = moto.bucket()
+        backup(source, moto, bucket)
+        return source, bucket, source.dbsize()
+    finally:
+        source.stop()
 
 
 def test_backup_uploads_a_stamped_snapshot_its_checksum_and_latest(live: LiveRedis, moto: MotoS3) -> None:
@@ -83,12 +100,8 @@ def test_restore_into_a_fresh_redis_server_gives_the_same_data(
     proc, port = start_redis_on(data_dir, "--appendonly", "no")
     try:
         live.assert_same_data(port)
-        verify = run_script(
-            "../.venv/bin/apigate",
-            "restore",
-            "verify",
-            "--redis-url",
-            f"redis://{HOST}:{port}",
+        verify = verify_restored(
+            port,
             "--expect-keys",
             str(live.dbsize()),
         )
@@ -100,12 +113,7 @@ def test_restore_into_a_fresh_redis_server_gives_the_same_data(
 
 def test_restore_with_aof_on_loads_the_snapshot_not_the_old_aof(moto: MotoS3, tmp_path: Path) -> None:
     """Redis with AOF ignores dump.rdb: the old AOF goes aside, a new one is seeded from the backup."""
-    source = LiveRedis(tmp_path / "src", aof=True, sessions=100)
-    try:
-        bucket = moto.bucket()
-        backup(source, moto, bucket)
-    finally:
-        source.stop()
+    source, bucket, _ = backed_up(moto, LiveRedis(tmp_path / "src", aof=True, sessions=100))
     # The target directory belonged to a Redis with AOF and different data.
     stale = LiveRedis(tmp_path / "target", aof=True, sessions=0)
     stale.client().set("stale-key", "from before the restore")
@@ -133,25 +141,15 @@ def test_restore_with_aof_on_loads_the_snapshot_not_the_old_aof(moto: MotoS3, tm
 
 def test_restore_verify_enable_aof_waits_for_the_rewrite(moto: MotoS3, tmp_path: Path) -> None:
     """The issue's manual procedure: start with appendonly no, check DBSIZE, CONFIG SET appendonly yes."""
-    source = LiveRedis(tmp_path / "src", sessions=50)
-    try:
-        bucket = moto.bucket()
-        backup(source, moto, bucket)
-        n = source.dbsize()
-    finally:
-        source.stop()
+    source, bucket, n = backed_up(moto, LiveRedis(tmp_path / "src", sessions=50))
     out = restore(
         moto, bucket, "redis/redis-backup-latest.rdb", "--data-dir", str(tmp_path / "t"), "--appendonly", "no"
     )
     assert out.returncode == 0, out.stderr
     proc, port = start_redis_on(tmp_path / "t", "--appendonly", "no")
     try:
-        verify = run_script(
-            "../.venv/bin/apigate",
-            "restore",
-            "verify",
-            "--redis-url",
-            f"redis://{HOST}:{port}",
+        verify = verify_restored(
+            port,
             "--expect-keys",
             str(n),
             "--enable-aof",
@@ -173,15 +171,7 @@ def test_restore_verify_enable_aof_waits_for_the_rewrite(moto: MotoS3, tmp_path:
 
 def test_unreachable_redis_fails_with_one_line_and_uploads_nothing(moto: MotoS3) -> None:
     bucket = moto.bucket()
-    out = run_script(
-        "backup-redis.sh",
-        "--redis-url",
-        f"redis://:hunter2@{HOST}:1/0",
-        "--dest",
-        f"s3://{bucket}/redis/",
-        "--endpoint-url",
-        moto.url,
-    )
+    out = backup_redis(f"redis://:hunter2@{HOST}:1/0", moto, f"s3://{bucket}/redis/")
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert "cannot reach Redis" in out.stderr and "hunter2" not in out.stderr
@@ -197,15 +187,7 @@ def test_a_failed_save_fails_and_uploads_nothing(moto: MotoS3, tmp_path: Path) -
     )
     try:
         bucket = moto.bucket()
-        out = run_script(
-            "backup-redis.sh",
-            "--redis-url",
-            server.url,
-            "--dest",
-            f"s3://{bucket}/redis/",
-            "--endpoint-url",
-            moto.url,
-        )
+        out = backup_redis(server.url, moto, f"s3://{bucket}/redis/")
         assert out.returncode == 1
         assert out.stderr.startswith("backup-redis: snapshot of") and out.stderr.count("\n") == 1
         assert moto.keys(bucket) == []
@@ -214,15 +196,7 @@ def test_a_failed_save_fails_and_uploads_nothing(moto: MotoS3, tmp_path: Path) -
 
 
 def test_a_failed_upload_names_the_object_and_leaves_nothing(live: LiveRedis, moto: MotoS3) -> None:
-    out = run_script(
-        "backup-redis.sh",
-        "--redis-url",
-        live.url,
-        "--dest",
-        "s3://no-such-bucket/redis/",
-        "--endpoint-url",
-        moto.url,
-    )
+    out = backup_redis(live.url, moto, "s3://no-such-bucket/redis/")
     assert out.returncode == 1
     assert "upload to s3://no-such-bucket/redis/redis-backup-" in out.stderr and "NoSuchBucket" in out.stderr
     assert out.stderr.count("\n") == 1
@@ -235,14 +209,10 @@ def test_a_snapshot_redis_check_rdb_rejects_is_not_uploaded(
     fake.write_text("#!/bin/sh\necho '--- RDB ERROR DETECTED ---'\nexit 1\n")
     fake.chmod(0o755)
     bucket = moto.bucket()
-    out = run_script(
-        "backup-redis.sh",
-        "--redis-url",
+    out = backup_redis(
         live.url,
-        "--dest",
+        moto,
         f"s3://{bucket}/redis/",
-        "--endpoint-url",
-        moto.url,
         env={"REDIS_CHECK_RDB": str(fake)},
     )
     assert out.returncode == 1 and "redis-check-rdb rejected" in out.stderr
@@ -274,13 +244,7 @@ def test_restore_into_a_pod_scales_the_gateway_down_installs_and_scales_back(
     moto: MotoS3, tmp_path: Path
 ) -> None:
     """--pod through $KUBECTL: the stand-in runs the in-pod steps against a real redis-server."""
-    source = LiveRedis(tmp_path / "src", sessions=80)
-    try:
-        bucket = moto.bucket()
-        backup(source, moto, bucket)
-        n = source.dbsize()
-    finally:
-        source.stop()
+    source, bucket, n = backed_up(moto, LiveRedis(tmp_path / "src", sessions=80))
     # "redis-master-0": a Redis with AOF, save points and other data, as in production.
     pod = LiveRedis(tmp_path / "pod", aof=True, sessions=0, extra=("--save", "1 1"))
     pod.client().set("other", "data")
@@ -332,12 +296,7 @@ def test_restore_into_a_pod_scales_the_gateway_down_installs_and_scales_back(
 
 
 def test_pod_restore_failing_midway_says_the_gateway_is_still_at_zero(moto: MotoS3, tmp_path: Path) -> None:
-    source = LiveRedis(tmp_path / "src", sessions=5)
-    try:
-        bucket = moto.bucket()
-        backup(source, moto, bucket)
-    finally:
-        source.stop()
+    _, bucket, _ = backed_up(moto, LiveRedis(tmp_path / "src", sessions=5))
     kubectl = FakeKubectl(
         tmp_path / "k",
         [

@@ -51,6 +51,13 @@ def kubectl(tmp_path: Path, **overrides: tuple[str, int]) -> FakeKubectl:
     return FakeKubectl(tmp_path / "k", replies)
 
 
+def config_backup(
+    moto: MotoS3, bucket: str, *args: str, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    dest = f"s3://{bucket}/config/"
+    return run_script("backup-config.sh", "--dest", dest, "--endpoint-url", moto.url, *args, env=env)
+
+
 def test_config_backup_uploads_clean_objects_and_encrypted_secrets(moto: MotoS3, tmp_path: Path) -> None:
     k = kubectl(tmp_path)
     bucket = moto.bucket()
@@ -112,14 +119,7 @@ def test_config_backup_uploads_clean_objects_and_encrypted_secrets(moto: MotoS3,
 def test_secrets_are_never_uploaded_in_clear_text_without_a_key(moto: MotoS3, tmp_path: Path) -> None:
     k = kubectl(tmp_path)
     bucket = moto.bucket()
-    out = run_script(
-        "backup-config.sh",
-        "--dest",
-        f"s3://{bucket}/config/",
-        "--endpoint-url",
-        moto.url,
-        env={**k.env, "BACKUP_ENCRYPTION_KEY": ""},
-    )
+    out = config_backup(moto, bucket, env={**k.env, "BACKUP_ENCRYPTION_KEY": ""})
     assert out.returncode == 1
     assert "BACKUP_ENCRYPTION_KEY is not set" in out.stderr and out.stderr.count("\n") == 1
     assert moto.keys(bucket) == []
@@ -128,16 +128,7 @@ def test_secrets_are_never_uploaded_in_clear_text_without_a_key(moto: MotoS3, tm
 def test_secret_names_mode_keeps_names_and_keys_only(moto: MotoS3, tmp_path: Path) -> None:
     k = kubectl(tmp_path)
     bucket = moto.bucket()
-    out = run_script(
-        "backup-config.sh",
-        "--dest",
-        f"s3://{bucket}/config/",
-        "--endpoint-url",
-        moto.url,
-        "--secrets",
-        "names",
-        env=k.env,
-    )
+    out = config_backup(moto, bucket, "--secrets", "names", env=k.env)
     assert out.returncode == 0, out.stderr
     key = next(k for k in moto.keys(bucket) if k.endswith("secret-names.yaml"))
     body = moto.get(bucket, key)
@@ -150,17 +141,7 @@ def test_secret_names_mode_keeps_names_and_keys_only(moto: MotoS3, tmp_path: Pat
 def test_dry_run_lists_and_uploads_nothing(moto: MotoS3, tmp_path: Path) -> None:
     k = kubectl(tmp_path)
     bucket = moto.bucket()
-    out = run_script(
-        "backup-config.sh",
-        "--dest",
-        f"s3://{bucket}/config/",
-        "--endpoint-url",
-        moto.url,
-        "--dry-run",
-        "--secrets",
-        "names",
-        env=k.env,
-    )
+    out = config_backup(moto, bucket, "--dry-run", "--secrets", "names", env=k.env)
     assert out.returncode == 0, out.stderr
     assert "would upload s3://" in out.stdout and "configmap-api-gateway-config.yaml" in out.stdout
     assert moto.keys(bucket) == []
@@ -169,16 +150,7 @@ def test_dry_run_lists_and_uploads_nothing(moto: MotoS3, tmp_path: Path) -> None
 def test_a_kubectl_failure_stops_the_backup_with_one_line(moto: MotoS3, tmp_path: Path) -> None:
     k = kubectl(tmp_path, get_configmap=("Error from server (Forbidden): configmaps is forbidden", 1))
     bucket = moto.bucket()
-    out = run_script(
-        "backup-config.sh",
-        "--dest",
-        f"s3://{bucket}/config/",
-        "--endpoint-url",
-        moto.url,
-        "--secrets",
-        "names",
-        env=k.env,
-    )
+    out = config_backup(moto, bucket, "--secrets", "names", env=k.env)
     assert out.returncode == 1
     expected = (
         "kubectl get configmap/api-gateway-config failed: "
@@ -195,6 +167,13 @@ def test_a_bad_destination_is_a_one_line_error(dest: str, tmp_path: Path) -> Non
 
 
 # ------------------------------------------------------------------------------ retention
+def prune(moto: MotoS3, bucket: str, *args: str) -> subprocess.CompletedProcess[str]:
+    dest = f"s3://{bucket}/redis/"
+    return run_script(
+        "prune-backups.sh", "--dest", dest, "--endpoint-url", moto.url, "--now", "20261206-120000", *args
+    )
+
+
 def test_prune_keeps_hourly_daily_monthly_and_never_latest(moto: MotoS3) -> None:
     bucket = moto.bucket()
     s3 = moto.client()
@@ -213,27 +192,10 @@ def test_prune_keeps_hourly_daily_monthly_and_never_latest(moto: MotoS3) -> None
         for suffix in (".rdb", ".rdb.sha256"):
             s3.put_object(Bucket=bucket, Key=f"redis/redis-backup-{s}{suffix}", Body=b"x")
     s3.put_object(Bucket=bucket, Key="redis/redis-backup-latest.rdb", Body=b"x")
-    dry = run_script(
-        "prune-backups.sh",
-        "--dest",
-        f"s3://{bucket}/redis/",
-        "--endpoint-url",
-        moto.url,
-        "--now",
-        "20261206-120000",
-        "--dry-run",
-    )
+    dry = prune(moto, bucket, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "would delete 4" in dry.stdout and len(moto.keys(bucket)) == 19
-    out = run_script(
-        "prune-backups.sh",
-        "--dest",
-        f"s3://{bucket}/redis/",
-        "--endpoint-url",
-        moto.url,
-        "--now",
-        "20261206-120000",
-    )
+    out = prune(moto, bucket)
     assert out.returncode == 0, out.stderr
     left = {k.removeprefix("redis/redis-backup-").split(".")[0] for k in moto.keys(bucket)}
     assert left == {

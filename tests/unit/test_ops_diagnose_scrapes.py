@@ -6,10 +6,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from apigate.ops.diagnose import Window, analyse, parse_metrics
+from apigate.ops.diagnose import Report, Window, analyse, parse_metrics
 
 
 def scrape(requests: dict[str, float], buckets: dict[str, float] | None = None, extra: str = "") -> str:
@@ -23,7 +24,7 @@ def scrape(requests: dict[str, float], buckets: dict[str, float] | None = None, 
     return "\n".join(lines) + "\n" + extra
 
 
-def findings(before: str, after: str, seconds: float = 10.0, ready: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
+def findings(before: str, after: str, seconds: float = 10.0, ready: dict[str, Any] | None = None) -> Report:
     return analyse(Window(parse_metrics(before), parse_metrics(after), seconds), ready, None)
 
 

@@ -90,37 +90,31 @@ def count_keys(redis_url: str) -> int:
     return sum(int(db.get("keys", 0)) for db in info.values() if isinstance(db, dict))
 
 
+def run_tool(
+    cmd: list[str], what: str, timeout_s: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a Redis tool; not finishing within `timeout_s` is an OpsError naming `what`."""
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, env=env, timeout=timeout_s, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired as e:
+        raise OpsError(f"{what} did not finish within {timeout_s:g}s") from e
+
+
 def snapshot(redis_url: str, dest: Path, timeout_s: float = SNAPSHOT_TIMEOUT_S) -> None:
     """Stream an RDB snapshot of the server into `dest` (redis-cli --rdb)."""
     args, env = cli_args(redis_url)
-    try:
-        out = subprocess.run(
-            [tool("redis-cli", "REDIS_CLI"), *args, "--rdb", str(dest)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=timeout_s,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise OpsError(f"snapshot of {redact_url(redis_url)} did not finish within {timeout_s:g}s") from e
+    what = f"snapshot of {redact_url(redis_url)}"
+    out = run_tool([tool("redis-cli", "REDIS_CLI"), *args, "--rdb", str(dest)], what, timeout_s, env)
     if out.returncode != 0 or not dest.exists() or dest.stat().st_size == 0:
-        said = one_line(out.stderr + out.stdout)
-        raise OpsError(f"snapshot of {redact_url(redis_url)} failed: {said}")
+        raise OpsError(f"{what} failed: {one_line(out.stderr + out.stdout)}")
 
 
 def check_rdb(path: Path) -> None:
     """redis-check-rdb must say the file is a complete, valid RDB."""
-    try:
-        out = subprocess.run(
-            [tool("redis-check-rdb", "REDIS_CHECK_RDB"), str(path)],
-            capture_output=True,
-            text=True,
-            timeout=SNAPSHOT_TIMEOUT_S,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise OpsError(f"redis-check-rdb {path.name}: no verdict within {SNAPSHOT_TIMEOUT_S:g}s") from e
+    cmd = [tool("redis-check-rdb", "REDIS_CHECK_RDB"), str(path)]
+    out = run_tool(cmd, f"redis-check-rdb {path.name}", SNAPSHOT_TIMEOUT_S)
     if out.returncode != 0:
         raise OpsError(f"redis-check-rdb rejected {path.name}: {one_line(out.stdout + out.stderr)}")
 
