@@ -151,6 +151,6 @@ def test_bad_usage(tmp_path: Path) -> None:
     a = tmp_path / "a.prom"
     a.write_text("")
     out = run("--from-file", str(a))
-    assert out.returncode == 3 and "two scrapes" in out.stdout + out.stderr
+    assert out.returncode == 3 and out.stderr == "diagnose: --from-file takes two scrapes (before, after)\n"
     out = run("--from-file", str(a), str(a), "--interval", "soon")
     assert out.returncode == 2 and "not a duration" in out.stderr

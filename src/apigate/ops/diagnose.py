@@ -517,19 +517,17 @@ def render_text(r: Report) -> str:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
+    import sys
+
     if args.from_file and len(args.from_file) != 2:
-        print("diagnose: --from-file takes two scrapes (before, after)", flush=True)
+        print("diagnose: --from-file takes two scrapes (before, after)", file=sys.stderr)
         return EXIT_USAGE
     try:
         report = run(args)
     except OpsError as e:
-        import sys
-
         print(f"diagnose: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:
-        import sys
-
         print(f"diagnose: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(report_json(report), indent=2) if args.format == "json" else render_text(report))
