@@ -32,6 +32,9 @@ AWS_ENV = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+# The operations commands do not use the compiled data plane; APIGATE_PURE=1 also keeps a
+# stale build's notice off stderr, which these tests read line by line.
+QUIET = {"APIGATE_PURE": "1"}
 
 
 class MotoS3:
@@ -230,7 +233,7 @@ def start_redis_on(directory: Path, *extra: str) -> tuple[subprocess.Popen[bytes
 def run_script(
     name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, **AWS_ENV, **(env or {})}
+    full = {**os.environ, **AWS_ENV, **QUIET, **(env or {})}
     full.pop("APIGATE_CONFIG", None)
     return subprocess.run(
         [str(SCRIPTS / name), *args], capture_output=True, text=True, timeout=timeout, env=full
@@ -262,6 +265,11 @@ elif "exec" in argv and shim:  # kubectl exec POD -- CMD... -> run CMD here (red
     env = {**os.environ, "PATH": shim + os.pathsep + os.environ["PATH"]}
     sys.exit(subprocess.run(cmd, env=env).returncode)
 """
+
+
+def ops_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`apigate ARGS...` as an operator runs it (no APIGATE_CONFIG)."""
+    return run_script("../.venv/bin/apigate", *args, timeout=timeout)
 
 
 class FakeKubectl:

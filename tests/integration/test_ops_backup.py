@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from harness import HOST, stop_process
-from ops_fixtures import FakeKubectl, LiveRedis, MotoS3, moto, run_script, start_redis_on
+from ops_fixtures import FakeKubectl, LiveRedis, MotoS3, moto, ops_cli, run_script, start_redis_on
 
 __all__ = ["moto"]
 Completed = subprocess.CompletedProcess[str]
@@ -37,9 +37,7 @@ def backup_redis(url: str, moto: MotoS3, dest: str, env: dict[str, str] | None =
 
 
 def verify_restored(port: int, *args: str) -> Completed:
-    return run_script(
-        "../.venv/bin/apigate", "restore", "verify", "--redis-url", f"redis://{HOST}:{port}", *args
-    )
+    return ops_cli("restore", "verify", "--redis-url", f"redis://{HOST}:{port}", *args)
 
 
 def backup(live: LiveRedis, moto: MotoS3, bucket: str) -> str:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from auth_fixtures import RedisServer, apigate_cli
+from auth_fixtures import RedisServer
 from harness import HOST, GatewayFactory, free_port
+from ops_fixtures import ops_cli as apigate_cli
 from test_metrics import scrape_text, status_handler
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,17 @@ import pytest
 
 from apigate.ops.capacity import Inputs, plan
 
+# Not the data plane: a stale compiled build must not add its notice to stderr.
+QUIET = {**os.environ, "APIGATE_PURE": "1"}
+
 
 def capacity(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "apigate", "capacity", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "apigate", "capacity", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=QUIET,
     )
 
 

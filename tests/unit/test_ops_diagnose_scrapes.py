@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,9 @@ from typing import Any
 import pytest
 
 from apigate.ops.diagnose import Report, Window, analyse, parse_metrics
+
+# Not the data plane: a stale compiled build must not add its notice to stderr.
+QUIET = {**os.environ, "APIGATE_PURE": "1"}
 
 
 def scrape(requests: dict[str, float], buckets: dict[str, float] | None = None, extra: str = "") -> str:
@@ -126,7 +130,11 @@ def test_readiness_detail_becomes_findings() -> None:
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "apigate", "diagnose", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "apigate", "diagnose", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=QUIET,
     )
 
 

@@ -19,6 +19,8 @@ OPS_SCRIPTS = [
     "test-recovery.sh",
     "prune-backups.sh",
 ]
+# Not the data plane: a stale compiled build must not add its notice to stderr.
+QUIET = {**os.environ, "APIGATE_PURE": "1"}
 
 
 def shellcheck() -> str:
@@ -40,7 +42,7 @@ def test_script_is_strict_bash_and_answers_help(name: str) -> None:
     text = path.read_text()
     assert text.startswith("#!/usr/bin/env bash\n") and os.access(path, os.X_OK)
     assert "\nset -euo pipefail\n" in text
-    out = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=60, env=QUIET)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: apigate ") and f"scripts/{name}" in out.stdout.replace("\n", " ")
 
@@ -69,7 +71,7 @@ def test_scripts_say_so_when_apigate_is_missing(tmp_path: Path) -> None:
 
 def test_bad_usage_exits_2() -> None:
     out = subprocess.run(
-        [str(ROOT / "scripts" / "backup-redis.sh")], capture_output=True, text=True, timeout=60
+        [str(ROOT / "scripts" / "backup-redis.sh")], capture_output=True, text=True, timeout=60, env=QUIET
     )
     assert out.returncode == 2 and "--redis-url" in out.stderr
 
