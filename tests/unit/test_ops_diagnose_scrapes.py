@@ -126,6 +126,11 @@ def test_readiness_detail_becomes_findings() -> None:
         (2, "Redis check failing: ConnectionError: refused")
     ]
     assert report.findings[0].runbook == "docs/RUNBOOK.md#redis-recovery"
+    starting = {"status": "starting", "checks": {"redis": {"ok": False, "detail": "not checked yet"}}}
+    report = findings(scrape({"200": 0}), scrape({"200": 0}), ready=starting)
+    assert [(f.severity, f.title) for f in report.findings] == [
+        (4, "Instance is starting: its first dependency checks have not finished")
+    ]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

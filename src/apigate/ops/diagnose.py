@@ -192,17 +192,22 @@ def analyse(w: Window, ready: dict[str, Any] | None, ready_error: str | None) ->
     elif ready is not None and ready.get("status") != "ready":
         checks = ready.get("checks") or {}
         failing = {n: c for n, c in checks.items() if isinstance(c, dict) and not c.get("ok")}
-        if ready.get("status") == "draining":
+        status = str(ready.get("status"))
+        if status in ("draining", "starting"):
             add(
                 Finding(
                     4,
-                    "Instance is draining (shutting down or being replaced)",
-                    [Evidence("/health/ready", "503 draining", "now")],
+                    "Instance is draining (shutting down or being replaced)"
+                    if status == "draining"
+                    else "Instance is starting: its first dependency checks have not finished",
+                    [Evidence("/health/ready", f"503 {status}", "now")],
                     "A rollout or scale-down is in progress",
                     [f"kubectl rollout status deployment/api-gateway -n {NS}"],
                     f"{RUNBOOK}#scaling-the-gateway",
                 )
             )
+        if status == "starting":
+            failing = {}  # "not checked yet" is not a failure
         for check, state in failing.items():
             detail = str(state.get("detail", ""))
             if check == "redis":
