@@ -380,6 +380,15 @@ def test_the_runbook_has_the_guides_sections_and_every_alert_links_one() -> None
                 assert url.split("#")[1] in anchors(ROOT / "docs" / "RUNBOOK.md")
 
 
+def test_each_runbook_section_says_alerts_finding_commands_and_verification() -> None:
+    sections = re.split(r"^## ", text(ROOT / "docs" / "RUNBOOK.md"), flags=re.MULTILINE)[1:]
+    by_anchor = {slug(sec.splitlines()[0]): sec for sec in sections}
+    for anchor in GUIDE_ANCHORS:
+        body = by_anchor[anchor]
+        for part in ("**Alerts:**", "**Diagnose finding", "```sh\n", "**Verify:**"):
+            assert part in body, f"RUNBOOK.md#{anchor} has no {part}"
+
+
 def test_slugs_follow_github() -> None:
     assert slug("Start here: what is wrong?") == "start-here-what-is-wrong"
     assert slug("Several workers (`server.workers > 1`)") == "several-workers-serverworkers--1"
