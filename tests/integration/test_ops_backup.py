@@ -223,7 +223,12 @@ def test_restore_refuses_a_tampered_or_corrupt_backup(live: LiveRedis, moto: Mot
     s3 = moto.client()
     head = s3.head_object(Bucket=bucket, Key="redis/redis-backup-latest.rdb")
     data = moto.get(bucket, "redis/redis-backup-latest.rdb")
-    s3.put_object(Bucket=bucket, Key="redis/tampered.rdb", Body=data[:-1] + b"x", Metadata=head["Metadata"])
+    s3.put_object(
+        Bucket=bucket,
+        Key="redis/tampered.rdb",
+        Body=data[:-1] + bytes([data[-1] ^ 0xFF]),
+        Metadata=head["Metadata"],
+    )
     out = restore(moto, bucket, "redis/tampered.rdb", "--data-dir", str(tmp_path / "a"))
     assert out.returncode == 1 and "checksum mismatch" in out.stderr
     assert not (tmp_path / "a" / "dump.rdb").exists()

@@ -91,34 +91,34 @@ def test_failing_upstream_is_sev1_with_evidence_cause_and_runbook(
     with traffic(gw.url + "/api/users"):
         code, report = diagnose("--url", gw.url, "--metrics", metrics, "--interval", "1s")
         before = scrape_text(mport)
-        text = apigate_cli("diagnose", "--url", gw.url, "--metrics", metrics, "--interval", "500ms")
+        text = apigate_cli("diagnose", "--url", gw.url, "--metrics", metrics, "--interval", "1s")
         after = scrape_text(mport)
-    assert code == 2 and report["status"] == "SEV1"
+    assert (code, report["status"]) == (2, "SEV1"), report
     first = report["findings"][0]
-    assert first["severity"] == "SEV1" and first["title"].startswith("Error rate 100.0% (5xx: 502)")
+    assert first["severity"] == "SEV1", report
+    assert first["title"].startswith("Error rate 100.0% (5xx: 502)"), report
     assert first["evidence"][0]["metric"] == 'http_requests_total{status=~"5.."}'
     assert first["cause"].startswith("502/504 errors: upstream service unreachable")
     assert first["runbook"] == "docs/RUNBOOK.md#high-error-rates"
     assert any(c.startswith("kubectl get pods -l app=api-gateway") for c in first["commands"])
     titles = [f["title"] for f in report["findings"]]
-    assert any(t.startswith("upstream:users check failing") for t in titles)
+    assert any(t.startswith("upstream:users check failing") for t in titles), report
     upstream = next(f for f in report["findings"] if f["title"].startswith("Upstream users failing"))
     assert upstream["evidence"][0]["metric"] == 'upstream_failures_total{service="users",reason="connect"}'
     severities = [f["severity"] for f in report["findings"]]
     assert severities == sorted(severities)  # ranked, worst first
     # The text form says the same to a person.
-    assert text.returncode == 2
-    assert (
-        text.stdout.startswith("apigate diagnose: SEV1:")
-        and "runbook: docs/RUNBOOK.md#high-error-rates" in text.stdout
-    )
+    assert text.returncode == 2, text.stdout + text.stderr
+    assert text.stdout.startswith("apigate diagnose: SEV1:"), text.stdout
+    assert "runbook: docs/RUNBOOK.md#high-error-rates" in text.stdout
     # Recorded scrapes give the same verdict without a gateway.
     (tmp_path / "a.prom").write_text(before)
     (tmp_path / "b.prom").write_text(after)
     code, recorded = diagnose(
         "--from-file", str(tmp_path / "a.prom"), str(tmp_path / "b.prom"), "--interval", "1s"
     )
-    assert code == 2 and recorded["findings"][0]["title"].startswith("Error rate 100.0% (5xx: 502)")
+    assert code == 2, recorded
+    assert recorded["findings"][0]["title"].startswith("Error rate 100.0% (5xx: 502)"), recorded
 
 
 def test_dead_redis_points_at_redis_recovery_and_the_rate_limit_store(
