@@ -119,12 +119,6 @@ def test_script_refuses_too_few_nodes_and_gives_up_on_a_dead_one(six_nodes: list
     assert out.returncode != 0 and "set NODES" in out.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on main, sessions reach only a redis_url (none is set beside redis_cluster_nodes): "
-    "`apigate session` refuses and the gateway keeps sessions in memory. The shared Redis client "
-    "(docs/ARCHITECTURE.md, apigate.redis) sends them to the cluster; remove this marker when it lands.",
-)
 def test_sessions_live_in_the_cluster_too(six_nodes: list[RedisNode], tmp_path: Path) -> None:
     if create([n.address for n in six_nodes]).returncode != 0:
         pytest.fail("the cluster could not be created")
