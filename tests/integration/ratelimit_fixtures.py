@@ -23,7 +23,17 @@ from harness import HOST, free_port, port_accepts, require_tool, stop_process, w
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from ratelimit_cases import CASES, T0, Case  # the table shared with the unit tests
 
-__all__ = ["CASES", "T0", "Case", "RedisCluster", "hammer", "read_status", "redis_cluster", "rl_redis"]
+__all__ = [
+    "CASES",
+    "T0",
+    "Case",
+    "RedisCluster",
+    "RedisSentinel",
+    "hammer",
+    "read_status",
+    "redis_cluster",
+    "rl_redis",
+]
 
 
 class RedisCluster:
@@ -78,6 +88,35 @@ class RedisCluster:
     def stop(self) -> None:
         for proc in self.procs:
             stop_process(proc, signal.SIGTERM, 10)
+
+
+class RedisSentinel:
+    """One `redis-server --sentinel` watching `master` under the name `name`."""
+
+    def __init__(self, workdir: Path, master: RedisServer, name: str = "rlmaster") -> None:
+        binary = require_tool("redis-server")
+        self.name = name
+        self.port = free_port()
+        conf = workdir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind {HOST}\ndir {workdir}\n"
+            f"sentinel monitor {name} {HOST} {master.port} 1\n"
+            f"sentinel down-after-milliseconds {name} 60000\n"
+        )
+        with open(workdir / "sentinel.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [binary, str(conf), "--sentinel"], stdout=log, stderr=log, cwd=workdir, start_new_session=True
+            )
+        if not wait_until(lambda: port_accepts(self.port), 15):
+            self.stop()
+            raise AssertionError((workdir / "sentinel.log").read_text())
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def stop(self) -> None:
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")

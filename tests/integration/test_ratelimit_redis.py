@@ -11,7 +11,7 @@ import time
 import pytest
 from auth_fixtures import RedisServer
 from harness import HOST, free_port, wait_until
-from ratelimit_fixtures import CASES, T0, Case, RedisCluster, redis_cluster, rl_redis
+from ratelimit_fixtures import CASES, T0, Case, RedisCluster, RedisSentinel, redis_cluster, rl_redis
 
 from apigate.ratelimit.algorithms import Algorithm
 from apigate.ratelimit.redis import SCRIPT_SHA, RedisStore, StoreUnavailable, call_args, packed_args
@@ -186,30 +186,13 @@ def test_unused_port_helper_is_free() -> None:
 
 
 def test_sentinel_names_the_master(rl_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> None:
-    import subprocess
-
-    from harness import port_accepts, require_tool, stop_process
-
-    binary = require_tool("redis-server")
-    d = tmp_path_factory.mktemp("rl-sentinel")
-    port = free_port()
-    conf = d / "sentinel.conf"
-    conf.write_text(
-        f"port {port}\nbind {HOST}\ndir {d}\n"
-        f"sentinel monitor rlmaster {HOST} {rl_redis.port} 1\n"
-        "sentinel down-after-milliseconds rlmaster 60000\n"
-    )
-    with open(d / "sentinel.log", "wb") as log:
-        proc = subprocess.Popen(
-            [binary, str(conf), "--sentinel"], stdout=log, stderr=log, cwd=d, start_new_session=True
-        )
+    sentinel = RedisSentinel(tmp_path_factory.mktemp("rl-sentinel"), rl_redis)
     try:
-        assert wait_until(lambda: port_accepts(port), 15), (d / "sentinel.log").read_text()
         client = rl_redis.client()
         client.delete("rl:sentinel")
 
         async def run() -> None:
-            store = RedisStore(RedisTarget(sentinel=("rlmaster", (f"{HOST}:{port}",))), 2000)
+            store = RedisStore(RedisTarget(sentinel=(sentinel.name, (sentinel.address,))), 2000)
             args = packed_args(call_args(Algorithm.FIXED_WINDOW, 2, 60_000))
             results = await asyncio.gather(*(store.check(b"rl:sentinel", args) for _ in range(3)))
             assert [r[0] for r in results] == [True, True, False]
@@ -218,7 +201,7 @@ def test_sentinel_names_the_master(rl_redis: RedisServer, tmp_path_factory: pyte
         asyncio.run(run())
         assert client.pttl("rl:sentinel") > 0  # written on the master the sentinel named
     finally:
-        stop_process(proc)
+        sentinel.stop()
 
 
 def test_refill_and_rollover_on_redis_time(rl_redis: RedisServer) -> None:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 from auth_fixtures import RedisServer
-from ratelimit_fixtures import RedisCluster, redis_cluster, rl_redis
+from ratelimit_fixtures import RedisCluster, RedisSentinel, redis_cluster, rl_redis
 
 from apigate.auth.sessions import KEY_PREFIX, RedisSessionStore, new_token, session_claims
 from apigate.config.schema import Config
@@ -128,6 +128,29 @@ def test_sessions_on_a_cluster_one_get_per_token_on_each_node(redis_cluster: Red
         for p in redis_cluster.ports
     ]
     assert sum(per_node) == 19 and all(n > 0 for n in per_node), per_node  # spread over the masters
+
+
+def test_sessions_through_sentinel(rl_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Rate limiting reached through Sentinel: sessions (no redis_url of their own) follow."""
+    sentinel = RedisSentinel(tmp_path_factory.mktemp("sessions-sentinel"), rl_redis)
+    try:
+        cfg = _cfg({"redis_sentinel": {"master_name": sentinel.name, "sentinels": [sentinel.address]}})
+        target = session_target(cfg)
+        assert target is not None and target.sentinel is not None
+
+        async def run() -> tuple[Any, Any]:
+            store = RedisSessionStore(target, 2)
+            token = new_token()
+            await store.create(token, session_claims("gus", 60), 60)
+            found = await store.lookup(token)  # type: ignore[misc]
+            raw = rl_redis.client().get(KEY_PREFIX + token)  # on the master the sentinel names
+            await store.close()
+            return found, raw
+
+        found, raw = asyncio.run(run())
+        assert found is not None and found["sub"] == "gus" and raw is not None
+    finally:
+        sentinel.stop()
 
 
 def test_readiness_pings_a_cluster(redis_cluster: RedisCluster) -> None:
