@@ -18,9 +18,7 @@ from typing import Any
 
 from apigate.auth import reasons
 from apigate.auth.reasons import AuthFailure
-from apigate.http.headers import Headers
-
-X_USER_ID = b"x-user-id"
+from apigate.http.headers import X_USER_ID, Headers
 
 
 class Verified:

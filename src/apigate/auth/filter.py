@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 from apigate.auth import reasons
-from apigate.auth.cache import X_USER_ID, ClaimsCache, Verified, verified
+from apigate.auth.cache import ClaimsCache, Verified, verified
 from apigate.auth.jwks import JwksKeySet
 from apigate.auth.jwt import MAX_TOKEN_BYTES, JwtVerifier, Key, unverified_kid
 from apigate.auth.reasons import AuthFailure
@@ -32,6 +32,7 @@ from apigate.config.schema import AuthConfig, Config, RouteConfig
 from apigate.gateway.filters import Filter, RequestContext, RequestOutcome, Response, Sample
 from apigate.gateway.router import Route
 from apigate.http.errors import error_body, error_headers
+from apigate.http.headers import X_USER_ID
 from apigate.logs import events
 from apigate.telemetry.names import AUTH_FAILURES_TOTAL
 

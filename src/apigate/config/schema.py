@@ -85,6 +85,10 @@ class ServerConfig(Section):
         default_factory=list, description="CIDRs whose X-Forwarded-For is believed for the client ip."
     )
     tls: TlsConfig | None = Field(None, description="Serve HTTPS on the proxy listener.")
+    allow_underscores_in_headers: bool = Field(
+        False,
+        description="Forward request headers whose name has '_' (false: dropped, as nginx does).",
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -426,6 +430,10 @@ class RouteConfig(Section):
     )
     strip_prefix: bool = Field(False, description="Remove the route's literal prefix before forwarding.")
     rewrite: str | None = Field(None, description="Upstream path template; {param} and {*} are filled in.")
+    keep_encoded_slashes: bool = Field(
+        False,
+        description="Forward paths with %2F, %5C or '\\' (false: 400) if decoded they match this route too.",
+    )
 
     _id = field_validator("id")(_check_id)
 

@@ -64,6 +64,21 @@ def _split_target(target: bytes) -> tuple[str, bytes] | None:
     return raw.decode("latin-1"), query
 
 
+def has_escaped_slash(path: str) -> bool:
+    """Whether a normalised path holds an encoded '/' or '\\' (normalisation leaves them
+    as `%2F`/`%5C`), or a raw '\\', which some upstreams read as '/': the path would have
+    another shape there than the one the gateway routed and authorised."""
+    return "\\" in path or ("%" in path and ("%2F" in path or "%5C" in path))
+
+
+def decoded_slashes(path: str) -> str | None:
+    """The path as an upstream that decodes `%2F`/`%5C` and reads '\\' as '/' would see
+    it, normalised; None when it is no path at all."""
+    raw = path.replace("%2F", "/").replace("%5C", "/").replace("\\", "/")
+    normal = normalize_path(raw.encode("latin-1"))
+    return normal.decode("latin-1") if normal is not None else None
+
+
 def _decode_unreserved(m: re.Match[bytes]) -> bytes:
     byte = int(m.group(1), 16)
     if byte in _UNRESERVED:
