@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from apigate.http.headers import is_valid_host
+
 _UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PCT: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
 
@@ -52,7 +54,12 @@ def _split_target(target: bytes) -> tuple[str, bytes] | None:
         # absolute-form (RFC 9112 §3.2.2): keep only the path.
         lower = raw[:8].lower()
         if lower.startswith((b"http://", b"https://")):
-            slash = raw.find(b"/", raw.find(b"//") + 2)
+            start = raw.find(b"//") + 2
+            slash = raw.find(b"/", start)
+            # RFC 9110 §4.2.1: an http(s) URI has a non-empty host; §4.2.4: no userinfo.
+            authority = raw[start:slash] if slash >= 0 else raw[start:]
+            if not authority or not is_valid_host(authority):
+                return None
             raw = raw[slash:] if slash >= 0 else b"/"
         else:
             return None

@@ -318,8 +318,8 @@ class Proxy:
         cycle = ctx.cycle
         error: UpstreamError | None = None
         if cycle.timed_out:
-            ctx.error = "upstream_timeout" if cycle.request_complete else "request_timeout"
-            if cycle.request_complete:
+            ctx.error = code = cycle.timeout_code()
+            if code == "upstream_timeout":
                 error = UpstreamTimeout("the upstream did not answer in time")
         self.finished(ctx, error)
 
@@ -388,7 +388,13 @@ class Proxy:
                         else:
                             sent_size += len(chunk)
                         if conn.write_paused:
+                            # The upstream is not taking the body: from here it has
+                            # timeout_secs to take more, and a timeout is its fault (504).
+                            cycle.upstream_blocked = True
+                            cycle.set_deadline(loop.time() + timeout, exchange.on_deadline)
                             await conn.drain()
+                            cycle.upstream_blocked = False
+                            cycle.handler_deadline = 0.0
                     if not waiter.done() and not exchange.got_head:
                         cycle.set_deadline(loop.time() + timeout, exchange.on_deadline)
                 await waiter

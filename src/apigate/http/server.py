@@ -153,6 +153,9 @@ class RequestCycle:
     on_cancel: Callable[[], None] | None = None  # set by the handler while it works
     finished = False
     timed_out = False
+    # Set by the handler while it waits for the upstream to take more of the request body
+    # (the upstream stopped reading): a timeout then is the upstream's, 504, not 408.
+    upstream_blocked = False
     # A deadline of the handler's own (the proxy's upstream timeout), 0.0 when none: when
     # it passes, the watchdog calls `on_deadline(now)`, which answers (`time_out()`), cuts
     # the connection, or sets a later one. The listener knows no more about it than that.
@@ -285,10 +288,17 @@ class RequestCycle:
         handler's work is cancelled and the connection closes after the answer."""
         self.timed_out = True
         self.keep_alive = False
-        late_client = not self.request_complete
-        self.send_error("request_timeout" if late_client else "upstream_timeout", self.request_id)
+        self.send_error(self.timeout_code(), self.request_id)
         self.cancel()
         self.complete()
+
+    def timeout_code(self) -> str:
+        """Whose fault a timeout is: the client's while it is still sending (unless the
+        upstream is what stopped the upload), else the upstream's (nginx answers 504 for
+        an upstream that stopped reading, proxy_send_timeout)."""
+        if not self.request_complete and not self.upstream_blocked:
+            return "request_timeout"
+        return "upstream_timeout"
 
     def send_error(self, code: str, correlation_id: str | None, extra: Headers | None = None) -> None:
         status, body = error_body(code, correlation_id)
