@@ -110,7 +110,7 @@ def test_connection_cannot_strip_the_identity_or_forwarding_headers(gw: Gateway)
         "X-Drop-Me: 1",
         "X-Request-ID: keep-this-id",
     )
-    seen, raw = upstream_saw(r)
+    _, raw = upstream_saw(r)
     names = [n for n, _ in raw]
     assert ("x-user-id", "alice") in raw
     assert ("x-forwarded-host", "gw.test") in raw
