@@ -15,7 +15,6 @@ is per test; docs/SECURITY.md, "How each was tested").
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -23,16 +22,9 @@ from collections.abc import Iterator
 import httptools
 import pytest
 from harness import HOST, Gateway, GatewayFactory, UpstreamProcess, vm_hwm_kib
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-EXAMPLES = int(os.environ.get("APIGATE_FUZZ_EXAMPLES", "1000"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
 ANSWER_TIMEOUT_S = 15.0  # far above any answer; only a hang gets near it
 
 
@@ -235,7 +227,6 @@ def fuzz_gw(module_gateway: GatewayFactory, demo: UpstreamProcess) -> Iterator[G
 def test_fuzzed_requests_get_well_formed_answers_and_the_gateway_stays_up(fuzz_gw: Gateway) -> None:
     seen: dict[int, int] = {}
 
-    @FUZZ
     @given(REQUESTS)
     def one(payload: bytes) -> None:
         data = exchange(fuzz_gw.port, payload)
@@ -365,7 +356,6 @@ def test_fuzzed_upstream_responses_reach_the_client_well_formed(
 ) -> None:
     seen: dict[int, int] = {}
 
-    @FUZZ
     @given(st.one_of(upstream_responses(), mutated(upstream_responses())))
     def one(answer: bytes) -> None:
         fuzzed_upstream.answer = answer

@@ -19,7 +19,7 @@ from typing import Any, get_args, get_origin
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -28,13 +28,6 @@ from apigate.config import checks as config_checks
 from apigate.config.schema import Config
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = int(os.environ.get("APIGATE_FUZZ_EXAMPLES", "1000"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
 SHIPPED = [(ROOT / "examples" / name).read_text() for name in ("quickstart.yaml", "production.yaml")]
 
 
@@ -134,7 +127,6 @@ def no_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_the_loader_only_ever_raises_config_error(no_dns: None, tmp_path: Path) -> None:
     outcomes = {"ok": 0, "refused": 0}
 
-    @FUZZ
     @given(DOCUMENTS)
     def one(text: str) -> None:
         try:
@@ -151,7 +143,7 @@ def test_the_loader_only_ever_raises_config_error(no_dns: None, tmp_path: Path) 
     assert outcomes["refused"] > 0
 
 
-@settings(max_examples=max(10, EXAMPLES // 100), deadline=None, database=None)
+@settings(max_examples=max(10, settings.default.max_examples // 100))
 @given(st.one_of(mutated_example(), values_for(Config).map(yaml.safe_dump)))
 def test_check_exits_0_or_2_without_a_traceback(text: str) -> None:
     import tempfile

@@ -347,6 +347,7 @@ class HttpServerProtocol:
         self.watch_at = INF  # when the watchdog fires next (INF: not armed)
         self.watchdog: asyncio.TimerHandle | None = None
         self.out: list[bytes] | None = None  # writes held back while corked
+        self.valid_host = b""  # the last Host value found valid on this connection
         # per request (being parsed)
         self.url = b""
         self.headers: Headers = []
@@ -533,7 +534,7 @@ class HttpServerProtocol:
         if http_version != "1.1" and http_version != "1.0":
             # llhttp also reads `HTTP/2.0` and `HTTP/0.9` request lines: not served here.
             raise HttpError("http_version_not_supported")
-        if hosts > 1 or (hosts == 0 and http_version == "1.1") or not is_valid_host(host):
+        if hosts > 1 or (hosts == 0 and http_version == "1.1") or not self._host_ok(host):
             # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0, and it is
             # `uri-host [":" port]`; anything else is a 400, so the upstream never has to
             # guess which authority was meant.
@@ -575,6 +576,16 @@ class HttpServerProtocol:
             self.pipeline.append(cycle)
             if len(self.pipeline) >= MAX_PIPELINED:
                 self.pause_reading()
+
+    def _host_ok(self, host: bytes) -> bool:
+        """is_valid_host, remembered per connection: a keep-alive client sends the same
+        Host on every request, and comparing it costs less than validating it again."""
+        if host == self.valid_host:
+            return True
+        if is_valid_host(host):
+            self.valid_host = host
+            return True
+        return False
 
     def on_chunk_header(self) -> None:
         """A chunk-size line was parsed: refuse a chunk that could never fit at once, not
