@@ -126,6 +126,21 @@ def test_underscore_twins_of_headers_are_dropped(gw: Gateway) -> None:
     assert not [n for n, _ in raw if "_" in n]
 
 
+def test_a_dropped_underscore_header_is_logged_at_debug_and_kept_when_allowed(
+    gateway: GatewayFactory, demo: UpstreamProcess
+) -> None:
+    routes = [{"id": "open", "path": "/api/echo/*", "upstream_id": "demo"}]
+    debug = {"level": "DEBUG", "sinks": [{"type": "stdout", "min_level": "DEBUG"}]}
+    strict = gateway({"demo": demo.url}, routes, logging=debug)
+    _, raw = upstream_saw(get(strict, "/api/echo/x", "X_Tenant: a"))
+    assert "x_tenant" not in dict(raw)
+    assert wait_until(lambda: '"header_dropped"' in strict.stdout(), 10), strict.stdout()[-2000:]
+    assert "X_Tenant" in strict.stdout()
+    lenient = gateway({"demo": demo.url}, routes, server={"allow_underscores_in_headers": True})
+    _, raw = upstream_saw(get(lenient, "/api/echo/x", "X_Tenant: a"))
+    assert dict(raw).get("x_tenant") == "a"
+
+
 @pytest.mark.parametrize(
     "host", ["evil.example/x?y", "a@b", "b:c:d", "b:99999", "[::1", "evil\\x", "host:80x", "%zz"]
 )

@@ -84,6 +84,8 @@ class App:
             ctx.pool = self.route_pools[route.index]
         else:
             ctx.chain = chain = self.unmatched_chain
+        if cycle.dropped_header is not None:
+            self._dropped(ctx, cycle.dropped_header)
         outcome = chain.start_request(ctx)
         if outcome is None:
             self._dispatch(ctx, match)
@@ -105,6 +107,18 @@ class App:
                 self._reply(ctx, Response(status, error_headers(), body, match.error))
             else:
                 self._reply(ctx, self._local(ctx, match.allow))
+
+    def _dropped(self, ctx: RequestContext, name: bytes) -> None:
+        """server.allow_underscores_in_headers is false: say so at DEBUG (nginx logs nothing,
+        which makes a vanished header hard to explain)."""
+        events.emit(
+            "DEBUG",
+            "gateway",
+            "header_dropped",
+            "A request header with '_' in its name was dropped (server.allow_underscores_in_headers)",
+            header=name[:64].decode("latin-1"),
+            path=ctx.path,
+        )
 
     def _escaped(self, method: str, path: str, match: Match | NoMatch) -> Match | NoMatch:
         """The path policy for an encoded slash (docs/SECURITY.md): refused, unless the

@@ -162,6 +162,7 @@ class RequestCycle:
     handler_deadline = 0.0
     on_deadline: Callable[[float], None] | None = None
     client_request_id: bytes | None = None  # the client's X-Request-ID, as sent
+    dropped_header: bytes | None = None  # a header name the listener dropped (an underscore)
     # For the access log's response_size (logs/filter.py): the declared Content-Length,
     # else the body bytes that went through write().
     response_length: int | None = None
@@ -348,6 +349,7 @@ class HttpServerProtocol:
         self.watchdog: asyncio.TimerHandle | None = None
         self.out: list[bytes] | None = None  # writes held back while corked
         self.valid_host = b""  # the last Host value found valid on this connection
+        self.dropped: bytes | None = None  # a header name dropped from the request being parsed
         # per request (being parsed)
         self.url = b""
         self.headers: Headers = []
@@ -465,6 +467,7 @@ class HttpServerProtocol:
             return
         self.url = url
         self.headers = []
+        self.dropped = None
         self.header_bytes = len(url)
         self.raw_head_bytes = 0
         self.in_headers = True
@@ -477,7 +480,7 @@ class HttpServerProtocol:
         if self.header_bytes > self.limits.max_header_bytes:
             raise HttpError("headers_too_large")
         if b"_" in name and not self.limits.allow_underscores:
-            log.debug("dropped a request header with an underscore in its name: %r", name[:64])
+            self.dropped = name  # the gateway logs it at DEBUG (cycle.dropped_header)
             return
         # Host is in every request: its usual spelling is compared, not lowered and hashed.
         self.headers.append((HOST if name == b"Host" else name.lower(), value))
@@ -565,6 +568,9 @@ class HttpServerProtocol:
             body,
             self.request_start,
         )
+        if self.dropped is not None:
+            cycle.dropped_header = self.dropped
+            self.dropped = None
         if expect:
             cycle.expect_continue = True
         if request_id is not None:
