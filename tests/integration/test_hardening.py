@@ -83,6 +83,8 @@ def upstream_saw(r: Any) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         "/api/echo/open/x/..%2f..%2fsecure/x",
         "/api/echo/open/..%5Csecure/x",
         "/api/echo/open/..\\secure/x",
+        "/api/echo/open/..%252Fsecure/x",
+        "/api/echo/open/..;/secure/x",
     ],
 )
 def test_an_encoded_slash_is_refused_and_never_reaches_the_upstream(gw: Gateway, target: str) -> None:

@@ -51,6 +51,11 @@ def test_an_absolute_form_authority_must_be_a_host(target: bytes) -> None:
         ("/public/..\\api/users", True, "/api/users"),
         ("/files/a%2Fb", True, "/files/a/b"),
         ("/files/%25", False, "/files/%25"),
+        ("/public/..%252Fapi/users", True, "/api/users"),
+        ("/public/..%252fapi/users", True, "/api/users"),
+        ("/public/..;/api/users", True, "/api/users"),
+        ("/public/.;x/api", True, "/public/api"),
+        ("/api/users;v=1", False, "/api/users"),
     ],
 )
 def test_escaped_slashes_and_how_an_upstream_would_decode_them(

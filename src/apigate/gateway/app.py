@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 
 _BAD_TARGET: Final = NoMatch((), "bad_request", "The request target is not a path.")
 _ESCAPED_SLASH: Final = NoMatch(
-    (), "bad_request", "The path contains an encoded '/' or '\\' (docs/SECURITY.md, path policy)."
+    (),
+    "bad_request",
+    "The path contains an encoded '/' or '\\', or a dot-segment with parameters"
+    " (docs/SECURITY.md, path policy).",
 )
 
 LocalAnswers = Callable[[str], "tuple[int, bytes] | None"]

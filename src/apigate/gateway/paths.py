@@ -72,16 +72,32 @@ def _split_target(target: bytes) -> tuple[str, bytes] | None:
 
 
 def has_escaped_slash(path: str) -> bool:
-    """Whether a normalised path holds an encoded '/' or '\\' (normalisation leaves them
-    as `%2F`/`%5C`), or a raw '\\', which some upstreams read as '/': the path would have
-    another shape there than the one the gateway routed and authorised."""
-    return "\\" in path or ("%" in path and ("%2F" in path or "%5C" in path))
+    """Whether a normalised path could have another shape at the upstream than the one
+    the gateway routed and authorised (docs/SECURITY.md, path policy): an encoded '/' or
+    '\\' (normalisation leaves them as `%2F`/`%5C`), the same encoded twice (`%252F`, for
+    an upstream that decodes twice), a raw '\\' (read as '/' by some), or a dot-segment
+    with parameters (`/..;/`, which Tomcat reads as `/../`). Two scans in the usual case."""
+    if "\\" in path:
+        return True
+    if "%" in path:
+        if "%2F" in path or "%5C" in path:
+            return True
+        if "%25" in path:
+            upper = path.upper()
+            if "%252F" in upper or "%255C" in upper:
+                return True
+    return ";" in path and ("/..;" in path or "/.;" in path)
+
+
+_DECODED_SLASH: Final = re.compile(r"%(?:25)?(?:2[Ff]|5[Cc])|\\")
+_PATH_PARAMS: Final = re.compile(r";[^/]*")
 
 
 def decoded_slashes(path: str) -> str | None:
-    """The path as an upstream that decodes `%2F`/`%5C` and reads '\\' as '/' would see
-    it, normalised; None when it is no path at all."""
-    raw = path.replace("%2F", "/").replace("%5C", "/").replace("\\", "/")
+    """The path as an upstream that decodes `%2F`/`%5C` (once or twice), reads '\\' as
+    '/' and drops `;parameters` from segments would see it, normalised; None when it is
+    no path at all."""
+    raw = _PATH_PARAMS.sub("", _DECODED_SLASH.sub("/", path))
     normal = normalize_path(raw.encode("latin-1"))
     return normal.decode("latin-1") if normal is not None else None
 
