@@ -26,7 +26,7 @@ from apigate.gateway.paths import decoded_slashes, has_escaped_slash, split_targ
     ],
 )
 def test_split_and_normalise(target: bytes, path: str, query: bytes) -> None:
-    assert split_target(target) == (path, query)
+    assert split_target(target) == (path, query, "%2F" in path)
 
 
 @pytest.mark.parametrize("target", [b"*", b"example.com:443", b"/a%00b"])
@@ -63,3 +63,6 @@ def test_escaped_slashes_and_how_an_upstream_would_decode_them(
 ) -> None:
     assert has_escaped_slash(path) is escaped
     assert decoded_slashes(path) == decoded
+    split = split_target(path.encode("latin-1"))
+    assert split is not None
+    assert split[2] is escaped  # answered once per target, in split_target

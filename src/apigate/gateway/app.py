@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final
 from apigate.config.schema import RouteConfig
 from apigate.gateway.correlation import CorrelationFilter
 from apigate.gateway.filters import Filter, FilterChain, RequestContext, Response, finish
-from apigate.gateway.paths import decoded_slashes, has_escaped_slash, split_target
+from apigate.gateway.paths import decoded_slashes, split_target
 from apigate.gateway.proxy import Proxy
 from apigate.gateway.router import Match, NoMatch, Route, Router
 from apigate.http.client import UpstreamError, UpstreamPool
@@ -73,10 +73,10 @@ class App:
             ctx = RequestContext(cycle, raw.decode("latin-1"), b"?" + rest if rest else b"", cycle.start)
             match = _BAD_TARGET
         else:
-            path, query = target
+            path, query, ambiguous = target
             ctx = RequestContext(cycle, path, query, cycle.start)
             match = self.router.match(cycle.method, path)
-            if has_escaped_slash(path):
+            if ambiguous:
                 match = self._escaped(cycle.method, path, match)
         if type(match) is tuple:
             route = match[0]

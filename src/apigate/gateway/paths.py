@@ -17,12 +17,18 @@ _UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu
 _PCT: Final = re.compile(rb"%([0-9A-Fa-f]{2})")
 
 
-_SPLIT_CACHE: Final[dict[bytes, tuple[str, bytes]]] = {}
+Split = tuple[str, bytes, bool]
+"""(normalised path, raw query with its '?', whether the path is ambiguous:
+`has_escaped_slash`)."""
+
+_SPLIT_CACHE: Final[dict[bytes, Split]] = {}
 _SPLIT_CACHE_MAX: Final = 4096  # distinct targets remembered; past it, each is split anew
 
 
-def split_target(target: bytes) -> tuple[str, bytes] | None:
-    """(normalised path, raw query with its '?') or None for a target we cannot route.
+def split_target(target: bytes) -> Split | None:
+    """(normalised path, raw query with its '?', ambiguous) or None for a target we cannot
+    route. `ambiguous` is the path policy's question (has_escaped_slash), answered here
+    once per distinct target rather than per request.
 
     Remembered per target for the first few thousand: most traffic repeats a few paths,
     and a remembered path is one shared str whose hash the router's lookup already knows.
@@ -36,7 +42,7 @@ def split_target(target: bytes) -> tuple[str, bytes] | None:
     return split
 
 
-def _split_target(target: bytes) -> tuple[str, bytes] | None:
+def _split_target(target: bytes) -> Split | None:
     # The tests of the common case run on str: compiled, `in` and find() on bytes go
     # through the buffer protocol and cost several times more. latin-1 keeps the indexes.
     text = target.decode("latin-1")
@@ -46,9 +52,9 @@ def _split_target(target: bytes) -> tuple[str, bytes] | None:
     else:
         path, query = text, b""
     # An origin-form path with nothing to normalise (no '%', no segment starting with '.',
-    # no empty segment). llhttp has already refused control characters and spaces.
+    # no empty segment) nor to refuse. llhttp has already refused control characters and spaces.
     if path.startswith("/") and "%" not in path and "/." not in path and "//" not in path:
-        return path, query
+        return path, query, "\\" in path or (";" in path and has_escaped_slash(path))
     raw = target[:q] if q >= 0 else target
     if not raw.startswith(b"/"):
         # absolute-form (RFC 9112 §3.2.2): keep only the path.
@@ -68,7 +74,8 @@ def _split_target(target: bytes) -> tuple[str, bytes] | None:
         if normal is None:
             return None
         raw = normal
-    return raw.decode("latin-1"), query
+    text = raw.decode("latin-1")
+    return text, query, has_escaped_slash(text)
 
 
 def has_escaped_slash(path: str) -> bool:

@@ -68,6 +68,9 @@ _now: Final = clock.now  # a C static: the module attribute would be looked up p
 # what overflows 64 bits) is refused as malformed whatever max_body_bytes says.
 MAX_CHUNK_SIZE: Final = 16**15 - 1
 CHUNKED: Final = b"chunked"
+# An int, not b"_": `bytes in bytes` first tries the needle as an int and formats a
+# TypeError before searching (~2k instructions a header); an int goes straight to memchr.
+UNDERSCORE: Final = 0x5F
 
 
 class FlowTarget(Protocol):
@@ -484,7 +487,7 @@ class HttpServerProtocol:
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.limits.max_header_bytes:
             raise HttpError("headers_too_large")
-        if b"_" in name and not self.limits.allow_underscores:
+        if UNDERSCORE in name and not self.limits.allow_underscores:
             self.dropped = name  # the gateway logs it at DEBUG (cycle.dropped_header)
             return
         # Host is in every request: its usual spelling is compared, not lowered and hashed.
