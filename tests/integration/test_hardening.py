@@ -97,7 +97,7 @@ def test_an_encoded_slash_is_refused_and_never_reaches_the_upstream(gw: Gateway,
 
 def test_a_route_may_keep_encoded_slashes_when_they_cannot_change_the_route(gw: Gateway) -> None:
     seen, _ = upstream_saw(get(gw, "/api/echo/files/reports%2F2026.csv"))
-    assert seen["path"].endswith("/files/reports%2F2026.csv") or "%2F" in seen["path"]
+    assert seen["path"] == "/api/echo/files/reports%2F2026.csv"  # forwarded as it came
     # Decoded, this one would be /api/echo/secure/x: refused even on the opt-in route.
     assert get(gw, "/api/echo/files/..%2F..%2Fsecure/x").status == 400
 
