@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -10,6 +11,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The fuzzers (tests/integration/test_fuzz.py, tests/unit/test_config_fuzz.py): a few
+# thousand cases in all by default, `APIGATE_FUZZ_EXAMPLES` per fuzzer for more
+# (docs/SECURITY.md). No example database: every run draws new cases.
+settings.register_profile(
+    "apigate",
+    max_examples=int(os.environ.get("APIGATE_FUZZ_EXAMPLES", "1000")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile("apigate")
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ def server_limits(cfg: Config) -> Limits:
         request_timeout=s.request_timeout_secs,
         max_header_bytes=s.max_header_bytes,
         max_body_bytes=s.max_body_bytes,
+        allow_underscores=s.allow_underscores_in_headers,
     )
 
 
@@ -107,6 +108,7 @@ class Server:
         if filters is None:
             filters = build_filters(cfg, self.health)
         self.app = App(cfg.routes, filters, self.pools, self.health.answer)
+        self.state.on_rejected = self.app.rejected
         self.logs: Pipeline | None = None  # built in start(): it needs the worker's loop
         self.telemetry = Telemetry(cfg, self.state, self.health, self.app.filters, lambda: self.logs)
         self.servers: list[asyncio.Server] = []
