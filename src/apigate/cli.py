@@ -18,6 +18,7 @@ from apigate import NATIVE, __version__
 from apigate.auth.cli import add_commands as add_auth_commands
 from apigate.config import ConfigError, load_config, summarize
 from apigate.config.schema import Config
+from apigate.loadtest.cli import add_command as add_loadtest_command
 from apigate.logs import events
 
 EXIT_CONFIG = 2
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p, DEFAULT_DEMO_CONFIG)
     p.add_argument("--upstream-port", type=int, default=8081, help="demo upstream port (default 8081)")
     add_auth_commands(sub, _add_config)  # token, session create|revoke
+    add_loadtest_command(sub)  # loadtest: sets args.loadtest(args), needs no configuration
     return parser
 
 
@@ -188,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_serve(args.config)
     if args.command == "demo":
         return cmd_demo(args.config, args.upstream_port)
+    if args.command == "loadtest":
+        return int(args.loadtest(args))
     run = getattr(args, "run", None)
     if run is not None:  # commands registered by packages: run(cfg, args)
         cfg = _load(args.config)
