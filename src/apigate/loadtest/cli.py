@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_FAIL = 1
 EXIT_USAGE = 2
@@ -54,6 +54,11 @@ Details: docs/LOAD_TESTING.md"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    def one_line_error(message: str) -> NoReturn:  # not argparse's usage block: one line, exit 2
+        print(f"{_prog()}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+    setattr(p, "error", one_line_error)  # noqa: B010 (mypy: assigning to a method)
     g = p.add_argument_group("profile (guide §3.7)")
     g.add_argument("--rps", type=_rate, metavar="R", help="target requests per second (constant or spike base)")
     g.add_argument("--duration", metavar="D", help="length of the run (default 60s; a ramp: --ramp-up)")
@@ -139,8 +144,12 @@ def _percent(text: str) -> float:
     return value
 
 
+def _prog() -> str:
+    return os.environ.get(PROG_ENV, "apigate loadtest")
+
+
 def _fail(message: str, code: int = EXIT_USAGE) -> int:
-    print(f"apigate loadtest: error: {message}", file=sys.stderr)
+    print(f"{_prog()}: error: {message}", file=sys.stderr)
     return code
 
 
@@ -217,7 +226,7 @@ def _execute(args: argparse.Namespace, profile: Any, target: Any, timeout: float
     except RunError as e:
         return _fail(str(e), EXIT_FAIL)
     except KeyboardInterrupt:
-        print("apigate loadtest: interrupted", file=sys.stderr)
+        print(f"{_prog()}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.metrics and before is not None:
         try:
@@ -243,7 +252,7 @@ def _execute(args: argparse.Namespace, profile: Any, target: Any, timeout: float
 def main(argv: list[str] | None = None) -> int:
     """scripts/load-test.sh's entry point: the same command under the script's name."""
     parser = argparse.ArgumentParser(
-        prog=os.environ.get(PROG_ENV, "apigate loadtest"),
+        prog=_prog(),
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

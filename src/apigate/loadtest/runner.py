@@ -128,7 +128,8 @@ def _coordinate(
     try:
         while len(finals) < workers:
             try:
-                ready = wait([*chans, *sentinels], timeout=0.5)
+                waiting = [c for i, c in enumerate(chans) if i not in finals]
+                ready = wait([*waiting, *(s for s, i in sentinels.items() if i not in finals)], timeout=0.5)
             except KeyboardInterrupt:
                 _stop(chans, result)
                 continue
