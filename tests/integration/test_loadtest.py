@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from harness import APIGATE, PYTHON, REPO, UpstreamProcess, free_port, gateway_config
 
 SCRIPT = REPO / "scripts" / "load-test.sh"
@@ -29,7 +28,9 @@ def run_loadtest(
     report = tmp_path / "report.json"
     report.unlink(missing_ok=True)
     cmd = [*(command or [str(APIGATE), "loadtest"]), *args, "--report", str(report)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL
+    )
     doc = json.loads(report.read_text()) if report.exists() else None
     return proc.returncode, proc.stdout, proc.stderr, doc
 
@@ -68,7 +69,18 @@ def test_constant_rate_count_and_rate_within_2_percent(upstream: UpstreamProcess
 
 def test_two_workers_split_the_schedule_exactly(upstream: UpstreamProcess, tmp_path: Path) -> None:
     rc, out, err, doc = run_loadtest(
-        ["--url", f"{upstream.url}/ok", "--rps", "250", "--duration", "3s", "--workers", "2", "--connections", "8"],
+        [
+            "--url",
+            f"{upstream.url}/ok",
+            "--rps",
+            "250",
+            "--duration",
+            "3s",
+            "--workers",
+            "2",
+            "--connections",
+            "8",
+        ],
         tmp_path,
     )
     assert rc == 0, out + err
@@ -79,17 +91,32 @@ def test_two_workers_split_the_schedule_exactly(upstream: UpstreamProcess, tmp_p
     assert doc["workers"] == 2
 
 
-def test_ramp_follows_its_schedule_and_marks_nothing_when_healthy(upstream: UpstreamProcess, tmp_path: Path) -> None:
+def test_ramp_follows_its_schedule_and_marks_nothing_when_healthy(
+    upstream: UpstreamProcess, tmp_path: Path
+) -> None:
     png = tmp_path / "ramp.png"
     rc, out, err, doc = run_loadtest(
-        ["--url", f"{upstream.url}/ok", "--rps-start", "100", "--rps-max", "400", "--ramp-up", "4s", "--plot", str(png)],
+        [
+            "--url",
+            f"{upstream.url}/ok",
+            "--rps-start",
+            "100",
+            "--rps-max",
+            "400",
+            "--ramp-up",
+            "4s",
+            "--plot",
+            str(png),
+        ],
         tmp_path,
     )
     assert rc == 0, out + err
     assert doc is not None
     # linear 100 -> 400 over 4 s: 137.5, 212.5, 287.5, 362.5 due in the four seconds
     targets = [e["target_rps"] for e in doc["timeline"][:4]]
-    assert all(abs(t - want) <= 1 for t, want in zip(targets, (137.5, 212.5, 287.5, 362.5), strict=True)), targets
+    assert all(abs(t - want) <= 1 for t, want in zip(targets, (137.5, 212.5, 287.5, 362.5), strict=True)), (
+        targets
+    )
     assert doc["profile"]["duration_s"] == 4  # a ramp without --duration lasts --ramp-up
     assert doc["requests"] == 1000
     assert doc["breaking_point"] is None
@@ -124,7 +151,18 @@ def test_ramp_breaking_point_is_reported_and_plotted(upstream: UpstreamProcess, 
 
 def test_spike_is_centred_in_the_duration(upstream: UpstreamProcess, tmp_path: Path) -> None:
     rc, out, err, doc = run_loadtest(
-        ["--url", f"{upstream.url}/ok", "--rps", "100", "--spike-rps", "400", "--spike-duration", "2s", "--duration", "6s"],
+        [
+            "--url",
+            f"{upstream.url}/ok",
+            "--rps",
+            "100",
+            "--spike-rps",
+            "400",
+            "--spike-duration",
+            "2s",
+            "--duration",
+            "6s",
+        ],
         tmp_path,
     )
     assert rc == 0, out + err
@@ -171,7 +209,9 @@ def test_a_frozen_server_shows_in_p90_and_max(tmp_path: Path) -> None:
 
 
 def test_5xx_answers_are_errors_and_fail_the_criteria(upstream: UpstreamProcess, tmp_path: Path) -> None:
-    rc, out, err, doc = run_loadtest(["--url", f"{upstream.url}/status/500", "--rps", "100", "--duration", "2s"], tmp_path)
+    rc, out, err, doc = run_loadtest(
+        ["--url", f"{upstream.url}/status/500", "--rps", "100", "--duration", "2s"], tmp_path
+    )
     assert rc == 1
     assert doc is not None
     assert doc["errors"] == doc["requests"] == 200
@@ -184,7 +224,9 @@ def test_5xx_answers_are_errors_and_fail_the_criteria(upstream: UpstreamProcess,
 
 def test_refused_connections_fail_with_the_error_named(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
-    rc, out, err, doc = run_loadtest(["--url", f"http://127.0.0.1:{port}/", "--rps", "50", "--duration", "1s"], tmp_path)
+    rc, out, err, doc = run_loadtest(
+        ["--url", f"http://127.0.0.1:{port}/", "--rps", "50", "--duration", "1s"], tmp_path
+    )
     assert rc == 1
     assert doc is not None
     assert doc["errors_by_kind"] == {"refused": 50}
@@ -217,7 +259,8 @@ def test_metrics_give_the_server_side_view(tmp_path: Path) -> None:
     try:
         metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         rc, out, err, doc = run_loadtest(
-            ["--url", f"{gw.url}/api/users", "--rps", "100", "--duration", "2s", "--metrics", metrics], tmp_path
+            ["--url", f"{gw.url}/api/users", "--rps", "100", "--duration", "2s", "--metrics", metrics],
+            tmp_path,
         )
     finally:
         gw.stop()
@@ -238,7 +281,10 @@ def test_metrics_give_the_server_side_view(tmp_path: Path) -> None:
         (["--rps", "0"], "--rps: must be above 0"),
         (["--rps", "10", "--duration", "10x"], "invalid duration '10x'"),
         (["--ramp-up", "1m"], "a ramp needs --rps-start, --rps-max and --ramp-up"),
-        (["--rps", "10", "--rps-start", "5", "--rps-max", "9", "--ramp-up", "1m"], "cannot be combined with --rps"),
+        (
+            ["--rps", "10", "--rps-start", "5", "--rps-max", "9", "--ramp-up", "1m"],
+            "cannot be combined with --rps",
+        ),
         (["--rps", "10", "--url", "ftp://x/"], "--url must be an http:// or https:// URL"),
         (["--rps", "10", "--header", "nocolon"], "is not 'Name: value'"),
         (["--rps", "10", "--report", "/nonexistent/dir/r.json"], "does not exist"),
@@ -247,7 +293,11 @@ def test_metrics_give_the_server_side_view(tmp_path: Path) -> None:
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], message: str) -> None:
     proc = subprocess.run(
-        [str(APIGATE), "loadtest", *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        [str(APIGATE), "loadtest", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 2
     assert message in proc.stderr

@@ -60,7 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     setattr(p, "error", one_line_error)  # noqa: B010 (mypy: assigning to a method)
     g = p.add_argument_group("profile (guide §3.7)")
-    g.add_argument("--rps", type=_rate, metavar="R", help="target requests per second (constant or spike base)")
+    g.add_argument(
+        "--rps", type=_rate, metavar="R", help="target requests per second (constant or spike base)"
+    )
     g.add_argument("--duration", metavar="D", help="length of the run (default 60s; a ramp: --ramp-up)")
     g.add_argument("--rps-start", type=_rate, metavar="R", help="ramp: starting rate")
     g.add_argument("--rps-max", type=_rate, metavar="R", help="ramp: final rate")
@@ -85,7 +87,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=DEFAULT_CONNECTIONS,
         metavar="N",
-        help=f"keep-alive connections in all (default {DEFAULT_CONNECTIONS}); a request due while all are busy waits",
+        help=f"keep-alive connections in all (default {DEFAULT_CONNECTIONS}); "
+        "a request due while all are busy waits for one",
     )
     g.add_argument(
         "--workers", type=_positive_int, default=1, metavar="N", help="generator processes (default 1)"

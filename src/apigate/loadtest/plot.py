@@ -23,7 +23,9 @@ def plot(report: dict[str, Any], path: str) -> None:
     top.legend(loc="upper left")
     top.grid(alpha=0.3)
     limit = report["criteria"]["p99_ms"]["limit"]
-    bottom.step(t, [e["p99_ms"] for e in timeline], where="pre", label="p99 (from due time)", color="tab:purple")
+    bottom.step(
+        t, [e["p99_ms"] for e in timeline], where="pre", label="p99 (from due time)", color="tab:purple"
+    )
     bottom.axhline(limit, color="tab:red", linestyle="--", linewidth=1, label=f"criterion {limit:g} ms")
     bottom.set_ylabel("p99 latency, ms")
     bottom.set_xlabel("seconds since start")
@@ -45,7 +47,9 @@ def plot(report: dict[str, Any], path: str) -> None:
         )
     bottom.legend(loc="upper left")
     verdict = "PASS" if report["criteria"]["passed"] else "FAIL"
-    fig.suptitle(f"{report['method']} {report['url']} - {report['profile']['description']} - {verdict}", fontsize=10)
+    fig.suptitle(
+        f"{report['method']} {report['url']} - {report['profile']['description']} - {verdict}", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

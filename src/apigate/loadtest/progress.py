@@ -28,7 +28,9 @@ class Progress:
 
             self.console = Console(file=self.stream)
             self.console.print(f"[bold]apigate loadtest[/bold]: {head}")
-            self.live = Live(self._render(0.0, 0), console=self.console, refresh_per_second=4, transient=False)
+            self.live = Live(
+                self._render(0.0, 0), console=self.console, refresh_per_second=4, transient=False
+            )
             self.live.start()
         else:
             print(f"apigate loadtest: {head}", file=self.stream, flush=True)

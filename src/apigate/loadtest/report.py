@@ -27,7 +27,9 @@ def _pct(part: float, whole: float) -> float:
     return round(100.0 * part / whole, 4) if whole else 0.0
 
 
-def breaking_point(timeline: list[dict[str, Any]], p99_limit_ms: float, max_error_pct: float) -> dict[str, Any] | None:
+def breaking_point(
+    timeline: list[dict[str, Any]], p99_limit_ms: float, max_error_pct: float
+) -> dict[str, Any] | None:
     """The first second whose p99 or error rate breaks the criteria."""
     for entry in timeline:
         done = entry["achieved_rps"]
@@ -81,7 +83,10 @@ def build(
     kept_up = achieved >= KEEP_UP_RATIO * target_rps and not result.interrupted
     note = ""
     if not kept_up and not result.interrupted:
-        note = f"the generator could not keep up: achieved {achieved:.1f} req/s is below 98 % of the target {target_rps:.1f}"
+        note = (
+            f"the generator could not keep up: achieved {achieved:.1f} req/s is below 98 % of the target "
+            f"{target_rps:.1f}"
+        )
         if lag["p99"] > LAG_CPU_MS:
             note += f" (its timers ran {lag['p99']:g} ms late at p99: it was short of CPU; add --workers)"
         elif result.max_queue:
@@ -160,15 +165,20 @@ def summary(report: dict[str, Any]) -> str:
     lat, send, gen, crit = r["latency_ms"], r["latency_from_send_ms"], r["generator"], r["criteria"]
     lines = [
         f"apigate loadtest: {r['method']} {r['url']}",
-        f"  profile    {r['profile']['description']}; {r['workers']} worker(s), {r['connections']} connections",
+        f"  profile    {r['profile']['description']}; {r['workers']} worker(s), "
+        f"{r['connections']} connections",
         f"  requests   {r['requests']} of {r['profile']['target_requests']} scheduled; achieved "
-        f"{r['achieved_rps']:.1f} req/s (target {r['target_rps']:.1f})" + ("  [interrupted]" if r["interrupted"] else ""),
+        f"{r['achieved_rps']:.1f} req/s (target {r['target_rps']:.1f})"
+        + ("  [interrupted]" if r["interrupted"] else ""),
         f"  errors     {r['errors']} ({r['error_rate_pct']:g} %)" + _breakdown(r),
-        "  latency    from due time  " + "  ".join(f"{k} {_ms(lat[k])}" for k in ("p50", "p90", "p99", "p999", "max"))
+        "  latency    from due time  "
+        + "  ".join(f"{k} {_ms(lat[k])}" for k in ("p50", "p90", "p99", "p999", "max"))
         + " ms",
-        "             from send      " + "  ".join(f"{k} {_ms(send[k])}" for k in ("p50", "p90", "p99", "p999", "max"))
+        "             from send      "
+        + "  ".join(f"{k} {_ms(send[k])}" for k in ("p50", "p90", "p99", "p999", "max"))
         + " ms",
-        f"  generator  timer lag p99 {_ms(gen['timer_lag_ms']['p99'])} ms, max {_ms(gen['timer_lag_ms']['max'])} ms;"
+        f"  generator  timer lag p99 {_ms(gen['timer_lag_ms']['p99'])} ms, "
+        f"max {_ms(gen['timer_lag_ms']['max'])} ms;"
         f" {gen['queued_for_connection']} request(s) waited for a free connection",
     ]
     if gen["note"]:
@@ -179,16 +189,16 @@ def summary(report: dict[str, Any]) -> str:
             lines.append(f"  server     {server['error']}")
         else:
             p99 = "-" if server["p99_ms"] is None else f"{_ms(server['p99_ms'])} ms"
-            restart = "RESTARTED: " + "; ".join(server["restart_evidence"]) if server["restarted"] else "no restart"
+            restart = (
+                "RESTARTED: " + "; ".join(server["restart_evidence"]) if server["restarted"] else "no restart"
+            )
             lines.append(
                 f"  server     counted {server['requests']} requests, {server['errors_5xx']} 5xx, p99 {p99} "
                 f"(histogram buckets); {restart}"
             )
     bp = r["breaking_point"]
     if bp is not None:
-        lines.append(
-            f"  breaking   at t={bp['t']}s, target {bp['target_rps']} req/s: {bp['reason']}"
-        )
+        lines.append(f"  breaking   at t={bp['t']}s, target {bp['target_rps']} req/s: {bp['reason']}")
     verdict = "PASS" if crit["passed"] else "FAIL"
     p, e = crit["p99_ms"], crit["error_rate_pct"]
     text = (

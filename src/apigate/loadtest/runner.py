@@ -10,6 +10,7 @@ flight finish (or time out) and the report covers what ran.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
 from collections import Counter
@@ -184,10 +185,8 @@ def _stop(chans: list[Connection], result: RunResult) -> None:
         raise KeyboardInterrupt
     result.interrupted = True
     for chan in chans:
-        try:
+        with contextlib.suppress(OSError):
             chan.send(("stop",))
-        except OSError:
-            pass
 
 
 def _show(progress: Progress, result: RunResult, sec: int, targets: list[int]) -> None:

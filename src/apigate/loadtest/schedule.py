@@ -195,26 +195,28 @@ def build_profile(
             raise ScheduleError(f"{ramp[0]} (a ramp) cannot be combined with {other}")
         if len(ramp) < 3:
             missing = [n for n in ("--rps-start", "--rps-max", "--ramp-up") if n not in ramp]
-            raise ScheduleError(f"a ramp needs --rps-start, --rps-max and --ramp-up (missing {', '.join(missing)})")
+            raise ScheduleError(
+                f"a ramp needs --rps-start, --rps-max and --ramp-up (missing {', '.join(missing)})"
+            )
         assert rps_start is not None and rps_max is not None and ramp_up is not None
         total = duration if duration is not None else ramp_up
         if total < ramp_up:
             raise ScheduleError(
                 f"--duration {format_duration(total)} is shorter than --ramp-up {format_duration(ramp_up)}"
             )
-        segs = [Segment(0.0, ramp_up, rps_start, rps_max)]
+        ramp_segs = [Segment(0.0, ramp_up, rps_start, rps_max)]
         if total > ramp_up:
-            segs.append(Segment(ramp_up, total - ramp_up, rps_max, rps_max))
+            ramp_segs.append(Segment(ramp_up, total - ramp_up, rps_max, rps_max))
         desc = f"ramp {rps_start:g} -> {rps_max:g} req/s over {format_duration(ramp_up)}"
         if total > ramp_up:
             desc += f", then {rps_max:g} req/s until {format_duration(total)}"
-        return Profile("ramp", tuple(segs), desc)
+        return Profile("ramp", tuple(ramp_segs), desc)
     if rps is None:
         raise ScheduleError("give a rate: --rps R, or a ramp with --rps-start, --rps-max and --ramp-up")
     if spike:
         if len(spike) < 2:
-            missing = "--spike-duration" if spike_duration is None else "--spike-rps"
-            raise ScheduleError(f"a spike needs --spike-rps and --spike-duration (missing {missing})")
+            absent = "--spike-duration" if spike_duration is None else "--spike-rps"
+            raise ScheduleError(f"a spike needs --spike-rps and --spike-duration (missing {absent})")
         assert spike_rps is not None and spike_duration is not None
         total = duration if duration is not None else 3 * spike_duration
         if spike_duration >= total:
@@ -234,4 +236,6 @@ def build_profile(
         )
         return Profile("spike", segs, desc)
     total = duration if duration is not None else 60.0
-    return Profile("constant", (Segment(0.0, total, rps, rps),), f"{rps:g} req/s for {format_duration(total)}")
+    return Profile(
+        "constant", (Segment(0.0, total, rps, rps),), f"{rps:g} req/s for {format_duration(total)}"
+    )

@@ -50,7 +50,7 @@ def parse(text: str) -> Samples:
 
 def scrape(url: str) -> Samples:
     try:
-        with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as resp:  # noqa: S310 (the user's URL)
+        with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as resp:
             return parse(resp.read().decode("utf-8", errors="replace"))
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
@@ -113,7 +113,9 @@ def server_view(url: str, before: Samples, after: Samples) -> dict[str, Any]:
     p99 = quantile(0.99, delta)
     return {
         "url": url,
-        "requests": round(_total(after, names.HTTP_REQUESTS_TOTAL) - _total(before, names.HTTP_REQUESTS_TOTAL)),
+        "requests": round(
+            _total(after, names.HTTP_REQUESTS_TOTAL) - _total(before, names.HTTP_REQUESTS_TOTAL)
+        ),
         "errors_5xx": round(
             _total(after, names.HTTP_REQUESTS_TOTAL, "5") - _total(before, names.HTTP_REQUESTS_TOTAL, "5")
         ),

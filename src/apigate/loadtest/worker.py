@@ -18,6 +18,7 @@ everything else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import ssl
 import time
@@ -204,7 +205,7 @@ class Worker:
     async def _receive(self) -> tuple[Any, ...]:
         ready = self.loop.create_future()
         fd = self.chan.fileno()
-        self.loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        self.loop.add_reader(fd, _resolve, ready)
         try:
             await ready
         finally:
@@ -409,16 +410,19 @@ class Worker:
         self.loop.call_later(max(delay, 0.0) + 0.01, self._on_tick, sec + 1)
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def worker_main(spec: WorkerSpec, chan: Connection) -> None:
     """A worker process's entry point: Ctrl-C is the coordinator's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         uvloop.run(_run(spec, chan))
     except Exception as e:  # reported by the coordinator as one line, never a traceback
-        try:
+        with contextlib.suppress(OSError):
             chan.send(("fatal", describe(e)))
-        except OSError:
-            pass
 
 
 async def _run(spec: WorkerSpec, chan: Connection) -> None:
