@@ -21,6 +21,7 @@ class Progress:
         self.done = 0
         self.live: Any = None
         self.last = "starting"
+        self.row = ("-", "-", "-", "-")
         head = f"{profile.description}, {workers} worker{'s' if workers != 1 else ''}"
         if self.stream.isatty():
             from rich.console import Console
@@ -42,6 +43,7 @@ class Progress:
             f"t={sec + 1:>4}s  target {target:>7} req/s  achieved {achieved:>7} req/s  "
             f"errors {errors:>6} ({self.errors} total)  p99 so far {p99_ms:9.3f} ms"
         )
+        self.row = (f"{target}", f"{achieved}", f"{errors} ({self.errors} total)", f"{p99_ms:.3f} ms")
         if self.live is None:
             print(self.last, file=self.stream, flush=True)
 
@@ -53,14 +55,16 @@ class Progress:
         from rich.progress_bar import ProgressBar
         from rich.table import Table
 
-        grid = Table.grid(padding=(0, 1))
-        shown = min(elapsed, self.duration)
-        grid.add_row(
-            ProgressBar(total=self.duration, completed=max(shown, 0.0), width=30),
-            f"{max(elapsed, 0.0):6.1f}s / {self.duration:g}s   sent {sent}",
+        table = Table(box=None, padding=(0, 2))
+        for name in ("elapsed", "", "target req/s", "achieved req/s", "errors", "p99 so far"):
+            table.add_column(name, justify="right")
+        shown = min(max(elapsed, 0.0), self.duration)
+        table.add_row(
+            f"{max(elapsed, 0.0):.1f}s / {self.duration:g}s",
+            ProgressBar(total=self.duration, completed=shown, width=24),
+            *self.row,
         )
-        grid.add_row("", self.last)
-        return grid
+        return table
 
     def close(self) -> None:
         if self.live is not None:

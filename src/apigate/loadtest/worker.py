@@ -185,7 +185,7 @@ class Worker:
         self.next_due = None if rel is None else self.t0 + rel
         now = time.monotonic()
         self.loop.call_later(max(self.t0 - now, 0.0), self._on_due)
-        self.loop.call_later(max(self.t0 + TICK_S - now, 0.0), self._on_tick, 1)
+        self.loop.call_later(max(self.t0 + TICK_S - now, 0.0) + 0.01, self._on_tick, 1)
         self.loop.call_later(SWEEP_S, self._on_sweep)
         if self.next_due is None:
             self._end_schedule()
@@ -401,7 +401,7 @@ class Worker:
     def _on_tick(self, sec: int) -> None:
         if self.finished.is_set():
             return
-        self._roll(int(time.monotonic() - self.t0))
+        self._roll(max(sec, int(time.monotonic() - self.t0)))  # the timer may fire a little early
         if self.seconds:
             self.chan.send(("seconds", self.seconds))
             self.seconds = []
