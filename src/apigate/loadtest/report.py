@@ -146,6 +146,8 @@ def build(
             "queued_for_connection": result.queued,
             "max_queue": result.max_queue,
             "connections_opened": result.connections_opened,
+            "cpu_s": round(result.cpu_s, 3),
+            "cpu_us_per_request": round(result.cpu_s * 1e6 / requests, 1) if requests else 0.0,
         },
         "criteria": criteria,
         "breaking_point": breaking_point(timeline, p99_limit_ms, max_error_pct),
@@ -179,6 +181,7 @@ def summary(report: dict[str, Any]) -> str:
         + " ms",
         f"  generator  timer lag p99 {_ms(gen['timer_lag_ms']['p99'])} ms, "
         f"max {_ms(gen['timer_lag_ms']['max'])} ms;"
+        f" {gen['cpu_us_per_request']:g} us of CPU per request;"
         f" {gen['queued_for_connection']} request(s) waited for a free connection",
     ]
     if gen["note"]:

@@ -62,6 +62,7 @@ class RunResult:
     connections_opened: int = 0
     interrupted: bool = False
     elapsed: float = 0.0
+    cpu_s: float = 0.0  # the workers' CPU time, summed
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -177,6 +178,7 @@ def _coordinate(
         result.max_queue = max(result.max_queue, f.max_queue)
         result.connections_opened += f.connections_opened
         result.interrupted = result.interrupted or f.interrupted
+        result.cpu_s += f.cpu_s
     return result
 
 

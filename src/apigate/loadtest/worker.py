@@ -36,6 +36,7 @@ from apigate.loadtest.target import Target
 
 TICK_S = 1.0  # how often finished seconds go to the coordinator
 SWEEP_S = 0.1  # how often busy connections are checked against --timeout
+TIMER_MIN_S = 0.001  # libuv timers have 1 ms resolution: a shorter delay would spin the loop
 BATCH = 2000  # due requests sent per timer callback before the loop may read sockets again
 STATUS_ERROR_MIN = 400  # 2xx and 3xx are successes; 1xx and >= 400 count as errors
 
@@ -69,6 +70,7 @@ class Final:
     max_queue: int = 0
     connections_opened: int = 0
     interrupted: bool = False
+    cpu_s: float = 0.0  # this process's CPU time (user + system) from `go` to the end
 
 
 def error_kind(exc: BaseException) -> str:
@@ -180,6 +182,7 @@ class Worker:
         if go[0] != "go":
             return
         self.t0 = float(go[1])
+        cpu0 = time.process_time()
         self.loop.add_reader(self.chan.fileno(), self._on_command)
         rel = self.times.next()
         self.next_due = None if rel is None else self.t0 + rel
@@ -195,6 +198,7 @@ class Worker:
         for conn in list(self.conns):
             conn.close()
         f = self.final
+        f.cpu_s = time.process_time() - cpu0
         f.send_latency = histogram.encode(self.send_hist)
         f.lag = histogram.encode(self.lag_hist)
         f.statuses = dict(self.statuses)
@@ -229,7 +233,7 @@ class Worker:
             return
         now = time.monotonic()
         if due > now:  # the timer fired early (its resolution is 1 ms)
-            self.loop.call_later(due - now, self._on_due)
+            self.loop.call_later(max(due - now, TIMER_MIN_S), self._on_due)
             return
         histogram.record(self.lag_hist, now - due)
         times, t0 = self.times, self.t0
@@ -245,7 +249,7 @@ class Worker:
         elif due <= now:
             self.loop.call_soon(self._on_due)
         else:
-            self.loop.call_later(due - now, self._on_due)
+            self.loop.call_later(max(due - now, TIMER_MIN_S), self._on_due)
 
     def _dispatch(self, due: float) -> None:
         if self.idle:
