@@ -72,7 +72,7 @@ def build_target(url: str, method: str, headers: list[str], body: bytes | None) 
     if body is not None or method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(body or b'')}")
     try:
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
     except UnicodeEncodeError:
         raise TargetError("--url and --header must be ASCII (percent-encode the URL)") from None
     return Target(url, parts.hostname, port, parts.scheme == "https", method, head + (body or b""))
