@@ -12,20 +12,24 @@ def plot(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     timeline = report["timeline"]
-    t = [e["t"] + 1 for e in timeline]  # each entry covers the second ending at t+1
+    # each entry covers [t, t+1): steps drawn from t, with one more point closing the last second
+    t = [e["t"] for e in timeline] + [len(timeline)]
+
+    def series(key: str) -> list[float]:
+        values = [float(e[key]) for e in timeline]
+        return [*values, values[-1]] if values else [0.0]
+
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 6.5))
-    top.step(t, [e["target_rps"] for e in timeline], where="pre", label="target req/s", color="tab:gray")
-    top.step(t, [e["achieved_rps"] for e in timeline], where="pre", label="achieved req/s", color="tab:blue")
-    errors = [e["errors"] for e in timeline]
+    top.step(t, series("target_rps"), where="post", label="target req/s", color="tab:gray", linewidth=2.5)
+    top.step(t, series("achieved_rps"), where="post", label="achieved req/s", color="tab:blue")
+    errors = series("errors")
     if any(errors):
-        top.step(t, errors, where="pre", label="errors/s", color="tab:red")
+        top.step(t, errors, where="post", label="errors/s", color="tab:red")
     top.set_ylabel("requests per second")
     top.legend(loc="upper left")
     top.grid(alpha=0.3)
     limit = report["criteria"]["p99_ms"]["limit"]
-    bottom.step(
-        t, [e["p99_ms"] for e in timeline], where="pre", label="p99 (from due time)", color="tab:purple"
-    )
+    bottom.step(t, series("p99_ms"), where="post", label="p99 (from due time)", color="tab:purple")
     bottom.axhline(limit, color="tab:red", linestyle="--", linewidth=1, label=f"criterion {limit:g} ms")
     bottom.set_ylabel("p99 latency, ms")
     bottom.set_xlabel("seconds since start")
@@ -34,7 +38,7 @@ def plot(report: dict[str, Any], path: str) -> None:
     bottom.grid(alpha=0.3, which="both")
     bp = report.get("breaking_point")
     if bp is not None:
-        x = bp["t"] + 1
+        x = bp["t"]
         for ax in (top, bottom):
             ax.axvline(x, color="tab:red", linewidth=1.5)
         top.annotate(

@@ -73,7 +73,7 @@ def build(
                 "t": t,
                 "target_rps": targets[t] if t < len(targets) else 0,
                 "achieved_rps": s.done if s else 0,
-                "p99_ms": histogram.percentile_ms(s.hist, 99.0) if s else 0.0,
+                "p99_ms": s.p99() if s else 0.0,
                 "errors": s.errors if s else 0,
             }
         )
