@@ -169,6 +169,8 @@ class Worker:
         self.lag_hist = histogram.new()
         self.cur_sec = 0
         self.cur_hist = histogram.new()
+        self.cur_latencies: list[int] = []  # us from the due time, recorded at the second's end
+        self.send_latencies: list[int] = []  # us from the write
         self.cur_done = 0
         self.cur_errors = 0
         self.seconds: list[Second] = []
@@ -199,6 +201,7 @@ class Worker:
             conn.close()
         f = self.final
         f.cpu_s = time.process_time() - cpu0
+        histogram.record_many(self.send_hist, self.send_latencies)
         f.send_latency = histogram.encode(self.send_hist)
         f.lag = histogram.encode(self.lag_hist)
         f.statuses = dict(self.statuses)
@@ -339,8 +342,8 @@ class Worker:
         sec = int(now - self.t0)
         if sec != self.cur_sec:
             self._roll(sec)
-        histogram.record(self.cur_hist, now - conn.due)
-        histogram.record(self.send_hist, now - conn.sent)
+        self.cur_latencies.append(int((now - conn.due) * 1e6))
+        self.send_latencies.append(int((now - conn.sent) * 1e6))
         self.cur_done += 1
         self.statuses[status] += 1
         if status >= STATUS_ERROR_MIN or status < 200:
@@ -397,6 +400,11 @@ class Worker:
         """Close the seconds before `sec` (completions come in time order)."""
         while self.cur_sec < sec:
             hist = self.cur_hist
+            histogram.record_many(hist, self.cur_latencies)
+            self.cur_latencies.clear()
+            if self.send_latencies:
+                histogram.record_many(self.send_hist, self.send_latencies)
+                self.send_latencies.clear()
             self.seconds.append((self.cur_sec, self.cur_done, self.cur_errors, histogram.encode(hist)))
             hist.reset()
             self.cur_done = self.cur_errors = 0
