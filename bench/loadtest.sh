@@ -87,11 +87,14 @@ URL=http://127.0.0.1:$PORT/api/users
 log "results in ${RES#"$REPO"/}; nginx on CPU $SERVERCPU"
 
 timeout -k 5 $((STEP_S + 30)) taskset -c "$LOADCPU" wrk -t1 -c"$CONNS" -d"${STEP_S}s" "$URL" >/dev/null 2>&1 || true
-timeout -k 5 $((STEP_S + 30)) taskset -c "$LOADCPU" wrk -t1 -c"$CONNS" -d"${STEP_S}s" --latency "$URL" \
-  >"$RES/wrk.txt" 2>&1 || die "wrk failed (see $RES/wrk.txt)"
+TIMEFORMAT='%U %S' # bash's `time`: the CPU seconds of wrk
+{ time timeout -k 5 $((STEP_S + 30)) taskset -c "$LOADCPU" wrk -t1 -c"$CONNS" -d"${STEP_S}s" --latency "$URL" \
+  >"$RES/wrk.txt" 2>&1; } 2>"$RES/wrk.cpu" || die "wrk failed (see $RES/wrk.txt)"
 WRK_RPS=$(awk '/Requests\/sec/ { printf "%.0f", $2 }' "$RES/wrk.txt")
+WRK_N=$(awk '/requests in/ { print $1 }' "$RES/wrk.txt")
 WRK_P99=$(awk '$1 == "99%" { print $2 }' "$RES/wrk.txt")
-log "wrk closed loop: $WRK_RPS req/s (p99 $WRK_P99)"
+WRK_US=$(awk -v n="$WRK_N" '{ printf "%.1f", ($1 + $2) * 1e6 / n }' "$RES/wrk.cpu")
+log "wrk closed loop: $WRK_RPS req/s (p99 $WRK_P99, $WRK_US us of CPU per request)"
 
 # probe WORKERS RATE: 0 when the run held RATE (p99 < P99_MS, no errors, kept up)
 probe() {
@@ -106,7 +109,8 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 ok = r["criteria"]["passed"] and r["generator"]["kept_up"] and r["errors"] == 0
 print(f"  {r['target_rps']:.0f} req/s: achieved {r['achieved_rps']:.0f}, p99 {r['latency_ms']['p99']} ms, "
-      f"max {r['latency_ms']['max']} ms, timer lag p99 {r['generator']['timer_lag_ms']['p99']} ms -> "
+      f"max {r['latency_ms']['max']} ms, timer lag p99 {r['generator']['timer_lag_ms']['p99']} ms, "
+      f"{r['generator']['cpu_us_per_request']} us of CPU per request -> "
       f"{'held' if ok else 'not held'}", file=sys.stderr)
 sys.exit(0 if ok else 1)
 PYEOF
@@ -131,11 +135,16 @@ search() {
 OPEN1=$(search 1)
 OPEN2=$(search 2)
 echo "loadavg-after $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RES/versions.txt"
+cpu_of() { # WORKERS RATE: the generator's CPU per request in that probe
+  [ -f "$RES/open-$1-$2.json" ] || { echo -; return; }
+  "$REPO/.venv/bin/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["generator"]["cpu_us_per_request"])' \
+    "$RES/open-$1-$2.json"
+}
 {
-  printf '%-34s %12s\n' "generator (against nginx, loopback)" "req/s"
-  printf '%-34s %12s\n' "wrk -t1 -c$CONNS, closed loop (max)" "$WRK_RPS"
-  printf '%-34s %12s\n' "apigate loadtest, 1 worker" "$OPEN1"
-  printf '%-34s %12s\n' "apigate loadtest, 2 workers" "$OPEN2"
+  printf '%-34s %12s %14s\n' "generator (against nginx, loopback)" "req/s" "us CPU/req"
+  printf '%-34s %12s %14s\n' "wrk -t1 -c$CONNS, closed loop (max)" "$WRK_RPS" "$WRK_US"
+  printf '%-34s %12s %14s\n' "apigate loadtest, 1 worker" "$OPEN1" "$(cpu_of 1 "$OPEN1")"
+  printf '%-34s %12s %14s\n' "apigate loadtest, 2 workers" "$OPEN2" "$(cpu_of 2 "$OPEN2")"
   echo "open loop: the highest rate held with p99 < $P99_MS ms (from the due time), no errors, achieved >= 98 %"
   cat "$RES/versions.txt"
 } | tee "$RES/table.txt"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -23,11 +24,12 @@ RUN_TIMEOUT_S = 120
 
 
 def run_loadtest(
-    args: list[str], tmp_path: Path, command: list[str] | None = None
+    args: str, tmp_path: Path, command: list[str] | None = None
 ) -> tuple[int, str, str, dict[str, Any] | None]:
+    """Run `apigate loadtest ARGS --report ...` (ARGS split like a shell line) to its end."""
     report = tmp_path / "report.json"
     report.unlink(missing_ok=True)
-    cmd = [*(command or [str(APIGATE), "loadtest"]), *args, "--report", str(report)]
+    cmd = [*(command or [str(APIGATE), "loadtest"]), *shlex.split(args), "--report", str(report)]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL
     )
@@ -50,7 +52,7 @@ def assert_no_traceback(*outputs: str) -> None:
 
 def test_constant_rate_count_and_rate_within_2_percent(upstream: UpstreamProcess, tmp_path: Path) -> None:
     rc, out, err, doc = run_loadtest(
-        ["--url", f"{upstream.url}/ok", "--rps", "300", "--duration", "4s"], tmp_path, [str(SCRIPT)]
+        f"--url {upstream.url}/ok --rps 300 --duration 4s", tmp_path, [str(SCRIPT)]
     )
     assert rc == 0, out + err
     assert doc is not None
@@ -69,18 +71,7 @@ def test_constant_rate_count_and_rate_within_2_percent(upstream: UpstreamProcess
 
 def test_two_workers_split_the_schedule_exactly(upstream: UpstreamProcess, tmp_path: Path) -> None:
     rc, out, err, doc = run_loadtest(
-        [
-            "--url",
-            f"{upstream.url}/ok",
-            "--rps",
-            "250",
-            "--duration",
-            "3s",
-            "--workers",
-            "2",
-            "--connections",
-            "8",
-        ],
+        f"--url {upstream.url}/ok --rps 250 --duration 3s --workers 2 --connections 8",
         tmp_path,
     )
     assert rc == 0, out + err
@@ -96,18 +87,7 @@ def test_ramp_follows_its_schedule_and_marks_nothing_when_healthy(
 ) -> None:
     png = tmp_path / "ramp.png"
     rc, out, err, doc = run_loadtest(
-        [
-            "--url",
-            f"{upstream.url}/ok",
-            "--rps-start",
-            "100",
-            "--rps-max",
-            "400",
-            "--ramp-up",
-            "4s",
-            "--plot",
-            str(png),
-        ],
+        f"--url {upstream.url}/ok --rps-start 100 --rps-max 400 --ramp-up 4s --plot {png}",
         tmp_path,
     )
     assert rc == 0, out + err
@@ -127,18 +107,7 @@ def test_ramp_breaking_point_is_reported_and_plotted(upstream: UpstreamProcess, 
     """The ramp reaches /status/503 answers only as errors; a 0.1 % limit breaks at once."""
     png = tmp_path / "ramp.png"
     rc, out, _, doc = run_loadtest(
-        [
-            "--url",
-            f"{upstream.url}/status/503",
-            "--rps-start",
-            "50",
-            "--rps-max",
-            "150",
-            "--ramp-up",
-            "2s",
-            "--plot",
-            str(png),
-        ],
+        f"--url {upstream.url}/status/503 --rps-start 50 --rps-max 150 --ramp-up 2s --plot {png}",
         tmp_path,
     )
     assert rc == 1
@@ -151,18 +120,7 @@ def test_ramp_breaking_point_is_reported_and_plotted(upstream: UpstreamProcess, 
 
 def test_spike_is_centred_in_the_duration(upstream: UpstreamProcess, tmp_path: Path) -> None:
     rc, out, err, doc = run_loadtest(
-        [
-            "--url",
-            f"{upstream.url}/ok",
-            "--rps",
-            "100",
-            "--spike-rps",
-            "400",
-            "--spike-duration",
-            "2s",
-            "--duration",
-            "6s",
-        ],
+        f"--url {upstream.url}/ok --rps 100 --spike-rps 400 --spike-duration 2s --duration 6s",
         tmp_path,
     )
     assert rc == 0, out + err
@@ -209,9 +167,7 @@ def test_a_frozen_server_shows_in_p90_and_max(tmp_path: Path) -> None:
 
 
 def test_5xx_answers_are_errors_and_fail_the_criteria(upstream: UpstreamProcess, tmp_path: Path) -> None:
-    rc, out, err, doc = run_loadtest(
-        ["--url", f"{upstream.url}/status/500", "--rps", "100", "--duration", "2s"], tmp_path
-    )
+    rc, out, err, doc = run_loadtest(f"--url {upstream.url}/status/500 --rps 100 --duration 2s", tmp_path)
     assert rc == 1
     assert doc is not None
     assert doc["errors"] == doc["requests"] == 200
@@ -224,9 +180,7 @@ def test_5xx_answers_are_errors_and_fail_the_criteria(upstream: UpstreamProcess,
 
 def test_refused_connections_fail_with_the_error_named(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
-    rc, out, err, doc = run_loadtest(
-        ["--url", f"http://127.0.0.1:{port}/", "--rps", "50", "--duration", "1s"], tmp_path
-    )
+    rc, out, err, doc = run_loadtest(f"--url http://127.0.0.1:{port}/ --rps 50 --duration 1s", tmp_path)
     assert rc == 1
     assert doc is not None
     assert doc["errors_by_kind"] == {"refused": 50}
@@ -239,7 +193,7 @@ def test_refused_connections_fail_with_the_error_named(tmp_path: Path) -> None:
 
 def test_a_timeout_is_an_error_of_its_own_kind(upstream: UpstreamProcess, tmp_path: Path) -> None:
     rc, out, err, doc = run_loadtest(
-        ["--url", f"{upstream.url}/never", "--rps", "20", "--duration", "1s", "--timeout", "500ms"], tmp_path
+        f"--url {upstream.url}/never --rps 20 --duration 1s --timeout 500ms", tmp_path
     )
     assert rc == 1
     assert doc is not None
@@ -259,7 +213,7 @@ def test_metrics_give_the_server_side_view(tmp_path: Path) -> None:
     try:
         metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         rc, out, err, doc = run_loadtest(
-            ["--url", f"{gw.url}/api/users", "--rps", "100", "--duration", "2s", "--metrics", metrics],
+            f"--url {gw.url}/api/users --rps 100 --duration 2s --metrics {metrics}",
             tmp_path,
         )
     finally:
