@@ -82,6 +82,29 @@ def test_two_workers_split_the_schedule_exactly(upstream: UpstreamProcess, tmp_p
     assert doc["workers"] == 2
 
 
+def test_keep_alive_connections_are_reused_for_head_and_post(tmp_path: Path) -> None:
+    up = UpstreamProcess.demo(tmp_path)
+    try:
+        head = run_loadtest(
+            f"--url {up.url}/api/users --method HEAD --rps 100 --duration 2s --connections 2", tmp_path
+        )
+        body = tmp_path / "body.json"
+        body.write_text('{"hello": "world"}')
+        post = run_loadtest(
+            f"--url {up.url}/api/echo/x --method POST --body-file {body}"
+            " --header 'Content-Type: application/json' --rps 100 --duration 1s --connections 2",
+            tmp_path,
+        )
+    finally:
+        up.stop()
+    for rc, out, err, doc in (head, post):
+        assert rc == 0, out + err
+        assert doc is not None and doc["errors"] == 0
+        assert doc["generator"]["connections_opened"] == 2  # no reconnects: framing was right
+    assert head[3] is not None and head[3]["statuses"] == {"200": 200}
+    assert post[3] is not None and post[3]["statuses"] == {"200": 100}
+
+
 def test_ramp_follows_its_schedule_and_marks_nothing_when_healthy(
     upstream: UpstreamProcess, tmp_path: Path
 ) -> None:
