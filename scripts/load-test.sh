@@ -13,7 +13,7 @@
 # Runs the apigate of this checkout (.venv/bin/apigate, `make install`), else `apigate` on PATH.
 set -euo pipefail
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")") # also through a symlink (./load-test.sh)
 py=$here/../.venv/bin/python
 if [ ! -x "$py" ]; then
   apigate=$(command -v apigate || true)

@@ -208,8 +208,8 @@ def summary(report: dict[str, Any]) -> str:
         f"{verdict}  p99 {_ms(p['value'])} ms {'<' if p['passed'] else '>='} {p['limit']:g} ms; "
         f"error rate {e['value']:g} % {'<' if e['passed'] else '>='} {e['limit']:g} %"
     )
-    if "failure" in crit:
-        text += f"; {crit['failure']}"
+    if "failure" in crit:  # no latency to judge: the connection error is the verdict
+        text = f"FAIL  {crit['failure']}"
     if "no_restarts" in crit:
         text += "; the server restarted during the run"
     lines.append(text)
