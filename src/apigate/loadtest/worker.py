@@ -97,7 +97,7 @@ class Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.busy = False
-        self.closing = False
+        self.lost = False
         self.due = 0.0  # when the request in flight was due (monotonic)
         self.sent = 0.0  # when it was written (monotonic)
         self.status = 0
@@ -113,6 +113,7 @@ class Conn(asyncio.Protocol):
             self.worker.on_failed(self, "bad_response", f"unparsable response: {e}")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self.worker.on_lost(self, exc)
 
     # ---------------------------------------------------------------- parser callbacks
@@ -134,7 +135,6 @@ class Conn(asyncio.Protocol):
         self.transport.write(data)
 
     def close(self) -> None:
-        self.closing = True
         self.busy = False
         if self.transport is not None:
             self.transport.abort()
@@ -314,17 +314,25 @@ class Worker:
             )
         except (OSError, TimeoutError, ssl.SSLError) as e:
             self.connecting -= 1
-            if self.pending:  # the request it was opened for fails; the next one gets a new try
-                self.pending.popleft()
-                kind = error_kind(e)
-                self._error(kind, f"connecting to {self.target.host}:{self.target.port}: {describe(e)}")
-                self._open_more()
-                self._check_finished()
+            where = f"{self.target.host}:{self.target.port}"
+            self._fail_pending(error_kind(e), f"connecting to {where}: {describe(e)}")
             return
         self.connecting -= 1
         self.final.connections_opened += 1
+        if conn.lost:  # closed by the server before it could carry a request
+            self._fail_pending("closed", "the server closed a new connection at once")
+            return
         self.conns.add(conn)
         self._on_free(conn)
+
+    def _fail_pending(self, kind: str, message: str) -> None:
+        """A connection opened for the oldest waiting request failed: that request fails,
+        the next one gets a new connection (one attempt per request, no retry storm)."""
+        if self.pending:
+            self.pending.popleft()
+            self._error(kind, message)
+            self._open_more()
+            self._check_finished()
 
     def _on_free(self, conn: Conn) -> None:
         if self.pending:
