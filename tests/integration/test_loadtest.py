@@ -189,6 +189,29 @@ def test_a_frozen_server_shows_in_p90_and_max(tmp_path: Path) -> None:
     assert_no_traceback(out, err)
 
 
+def test_ctrl_c_ends_the_schedule_and_reports_what_ran(upstream: UpstreamProcess, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    cmd = [str(APIGATE), "loadtest", "--url", f"{upstream.url}/ok", "--rps", "100", "--duration", "60s"]
+    cmd += ["--workers", "2", "--report", str(report)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith("t=   1s"):
+                break
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the coordinator
+        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    doc = json.loads(report.read_text())
+    assert doc["interrupted"] is True
+    assert 100 <= doc["requests"] < 6000 and doc["errors"] == 0
+    assert "[interrupted]" in out
+    assert_no_traceback(out, err)
+
+
 def test_5xx_answers_are_errors_and_fail_the_criteria(upstream: UpstreamProcess, tmp_path: Path) -> None:
     rc, out, err, doc = run_loadtest(f"--url {upstream.url}/status/500 --rps 100 --duration 2s", tmp_path)
     assert rc == 1

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -137,14 +139,13 @@ def _coordinate(
     shown = -1
     progress = Progress(profile, workers)
     sentinels = {proc.sentinel: i for i, proc in enumerate(procs)}
+    interrupts = _Interrupts()
     try:
         while len(finals) < workers:
-            try:
-                waiting = [c for i, c in enumerate(chans) if i not in finals]
-                ready = wait([*waiting, *(s for s, i in sentinels.items() if i not in finals)], timeout=0.5)
-            except KeyboardInterrupt:
+            if interrupts.count and not result.interrupted:
                 _stop(chans, result)
-                continue
+            waiting = [c for i, c in enumerate(chans) if i not in finals]
+            ready = wait([*waiting, *(s for s, i in sentinels.items() if i not in finals)], timeout=0.5)
             for obj in ready:
                 if obj in sentinels:
                     i = sentinels[obj]
@@ -173,6 +174,7 @@ def _coordinate(
             if complete < (1 << 30):
                 progress.running(time.monotonic() - t0, sum(sent))
     finally:
+        interrupts.restore()
         progress.close()
     result.elapsed = time.monotonic() - t0
     for f in finals.values():
@@ -192,9 +194,27 @@ def _coordinate(
     return result
 
 
+class _Interrupts:
+    """Ctrl-C while the coordinator runs: the first one is counted (the loop then stops the
+    schedule, wherever the signal landed), a second one raises KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count > 1:  # give up on the stragglers
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def _stop(chans: list[Connection], result: RunResult) -> None:
-    if result.interrupted:  # a second Ctrl-C: give up on the stragglers
-        raise KeyboardInterrupt
     result.interrupted = True
     for chan in chans:
         with contextlib.suppress(OSError):
