@@ -6,11 +6,12 @@
 #            no errors and achieved >= 98 % of the target (a search over rates)
 #   open-2   the same with --workers 2
 #
-# nginx (1 worker, `return 200` of a fixed 52-byte body, keep-alive) is pinned to CPU $SERVERCPU;
-# wrk and the 1-worker generator to CPU $LOADCPU. Two generator workers get no pinning (on a
-# 2-core machine they share the CPUs with nginx: that row measures the whole machine).
+# nginx (1 worker, `return 200` of a fixed 52-byte body, keep-alive) is pinned to CPU $SERVERCPU.
+# With PIN_LOAD=1, wrk and the 1-worker generator are pinned to CPU $LOADCPU; by default they
+# float (on a 2-core machine shared with other work, a pinned client cannot move away from a
+# busy core, and the figures then measure the neighbours). Two workers are never pinned.
 # Everything listens on 127.0.0.1; the processes started here are stopped by pid on exit.
-# Knobs: STEP_S=5 (seconds per probe)  P99_MS=10  CONNS=64  PORT=19111  LOADCPU=0  SERVERCPU=1
+# Knobs: STEP_S=5 (seconds per probe)  P99_MS=10  CONNS=64  PORT=19111  LOADCPU=0  SERVERCPU=1  PIN_LOAD=0
 #        START=2000 (first rate probed)  RESULTS=bench/results/loadtest-<stamp>
 set -euo pipefail
 
@@ -23,6 +24,7 @@ PORT=${PORT:-19111}
 LOADCPU=${LOADCPU:-0}
 SERVERCPU=${SERVERCPU:-1}
 START=${START:-2000}
+PIN_LOAD=${PIN_LOAD:-0}
 RES=${RESULTS:-$REPO/bench/results/loadtest-$(date +%Y%m%d-%H%M%S)}
 APIGATE=$REPO/.venv/bin/apigate
 BODY='{"id":4,"name":"bench-user","email":"u@example.org"}'
@@ -32,7 +34,7 @@ die() {
   log "error: $*"
   exit 1
 }
-for knob in STEP_S P99_MS CONNS PORT LOADCPU SERVERCPU START; do
+for knob in STEP_S P99_MS CONNS PORT LOADCPU SERVERCPU START PIN_LOAD; do
   [[ ${!knob} =~ ^[0-9]+$ ]] && [ "${!knob}" -ge 0 ] || die "$knob must be a whole number, got '${!knob}'"
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -82,13 +84,15 @@ URL=http://127.0.0.1:$PORT/api/users
   echo "date $(date -Is); host $(uname -n); cpus $NCPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'); wrk $(dpkg-query -W -f='${Version}' wrk 2>/dev/null || echo '?')"
   echo "apigate $("$APIGATE" --version); git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-  echo "loadavg-before $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "loadavg-before $(cut -d' ' -f1-3 /proc/loadavg); PIN_LOAD=$PIN_LOAD"
 } >"$RES/versions.txt"
-log "results in ${RES#"$REPO"/}; nginx on CPU $SERVERCPU"
+PIN=()
+if [ "$PIN_LOAD" = 1 ]; then PIN=(taskset -c "$LOADCPU"); fi
+log "results in ${RES#"$REPO"/}; nginx on CPU $SERVERCPU; clients ${PIN[*]:-not pinned}"
 
-timeout -k 5 $((STEP_S + 30)) taskset -c "$LOADCPU" wrk -t1 -c"$CONNS" -d"${STEP_S}s" "$URL" >/dev/null 2>&1 || true
+timeout -k 5 $((STEP_S + 30)) "${PIN[@]}" wrk -t1 -c"$CONNS" -d"${STEP_S}s" "$URL" >/dev/null 2>&1 || true
 TIMEFORMAT='%U %S' # bash's `time`: the CPU seconds of wrk
-{ time timeout -k 5 $((STEP_S + 30)) taskset -c "$LOADCPU" wrk -t1 -c"$CONNS" -d"${STEP_S}s" --latency "$URL" \
+{ time timeout -k 5 $((STEP_S + 30)) "${PIN[@]}" wrk -t1 -c"$CONNS" -d"${STEP_S}s" --latency "$URL" \
   >"$RES/wrk.txt" 2>&1; } 2>"$RES/wrk.cpu" || die "wrk failed (see $RES/wrk.txt)"
 WRK_RPS=$(awk '/Requests\/sec/ { printf "%.0f", $2 }' "$RES/wrk.txt")
 WRK_N=$(awk '/requests in/ { print $1 }' "$RES/wrk.txt")
@@ -99,7 +103,7 @@ log "wrk closed loop: $WRK_RPS req/s (p99 $WRK_P99, $WRK_US us of CPU per reques
 # probe WORKERS RATE: 0 when the run held RATE (p99 < P99_MS, no errors, kept up)
 probe() {
   local workers=$1 rate=$2 pin=() out=$RES/open-$1-$2.json
-  if [ "$workers" = 1 ]; then pin=(taskset -c "$LOADCPU"); fi
+  if [ "$workers" = 1 ]; then pin=("${PIN[@]}"); fi
   timeout -k 5 $((STEP_S + 60)) "${pin[@]}" "$APIGATE" loadtest --url "$URL" --rps "$rate" --duration "${STEP_S}s" \
     --workers "$workers" --connections "$CONNS" --p99-ms "$P99_MS" --max-error-rate 0.0001 --timeout 5s \
     --report "$out" >"$RES/open-$workers-$rate.txt" 2>&1 || true

@@ -175,9 +175,8 @@ def fake_result(
     total = histogram.new()
     for i, lat in enumerate(latencies_ms):
         h = histogram.new()
-        for v in lat:
-            histogram.record(h, v / 1000)
-            histogram.record(total, v / 1000)
+        histogram.record_many(h, [int(v * 1000) for v in lat])
+        histogram.record_many(total, [int(v * 1000) for v in lat])
         errs = errors_per_second[i] if errors_per_second else 0
         seconds.append(SecondStats(done=len(lat) + errs, errors=errs, hist=h))
     n = sum(statuses.values()) + sum((kinds or {}).values())

@@ -23,12 +23,6 @@ def new() -> Any:
     return HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
 
 
-def record(hist: Any, seconds: float) -> None:
-    """Record a duration given in seconds (clamped to the histogram's range)."""
-    us = int(seconds * 1_000_000)
-    hist.record_value(LOWEST_US if us < LOWEST_US else HIGHEST_US if us > HIGHEST_US else us)
-
-
 def record_many(hist: Any, values_us: list[int]) -> None:
     """Record a batch of microsecond values: one `record_value` per distinct value.
 

@@ -133,11 +133,22 @@ class TimeIterator:
 
     def __init__(self, profile: Profile, first: int, step: int) -> None:
         self.segments = profile.segments
+        self.fulls = [seg.count(seg.length) for seg in profile.segments]  # requests per segment
         self.total = profile.total
         self.k = first
         self.step = step
         self.index = 0
         self.base = 0.0  # requests due before the current segment
+        self.end = self.fulls[0]  # ... and up to the end of it
+        self._load()
+
+    def _load(self) -> None:
+        """Cache the current segment's numbers: next() runs once per request."""
+        seg = self.segments[self.index]
+        self.start = seg.start
+        self.length = seg.length
+        self.rate = seg.rate0 if seg.rate0 == seg.rate1 else 0.0  # constant: t = n / rate
+        self.seg = seg
 
     def next(self) -> float | None:
         """The next due time, or None when the share is exhausted."""
@@ -145,18 +156,14 @@ class TimeIterator:
         if k >= self.total:
             return None
         self.k = k + self.step
-        segs = self.segments
-        seg = segs[self.index]
-        n = k - self.base
-        while True:
-            full = seg.count(seg.length)
-            if n < full or self.index == len(segs) - 1:
-                break
+        while k >= self.end and self.index < len(self.segments) - 1:
+            self.base = self.end
             self.index += 1
-            self.base += full
-            n -= full
-            seg = segs[self.index]
-        return seg.start + min(seg.time_at(n), seg.length)
+            self.end += self.fulls[self.index]
+            self._load()
+        n = k - self.base
+        u = n / self.rate if self.rate else self.seg.time_at(n)
+        return self.start + (u if u < self.length else self.length)
 
 
 def _ceil(x: float) -> int:

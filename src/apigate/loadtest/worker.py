@@ -171,6 +171,7 @@ class Worker:
         self.cur_hist = histogram.new()
         self.cur_latencies: list[int] = []  # us from the due time, recorded at the second's end
         self.send_latencies: list[int] = []  # us from the write
+        self.lags: list[int] = []  # us the send timer fired late, one per firing
         self.cur_done = 0
         self.cur_errors = 0
         self.seconds: list[Second] = []
@@ -202,6 +203,7 @@ class Worker:
         f = self.final
         f.cpu_s = time.process_time() - cpu0
         histogram.record_many(self.send_hist, self.send_latencies)
+        histogram.record_many(self.lag_hist, self.lags)
         f.send_latency = histogram.encode(self.send_hist)
         f.lag = histogram.encode(self.lag_hist)
         f.statuses = dict(self.statuses)
@@ -238,7 +240,7 @@ class Worker:
         if due > now:  # the timer fired early (its resolution is 1 ms)
             self.loop.call_later(max(due - now, TIMER_MIN_S), self._on_due)
             return
-        histogram.record(self.lag_hist, now - due)
+        self.lags.append(int((now - due) * 1e6))
         times, t0 = self.times, self.t0
         n = 0
         while due is not None and due <= now and n < BATCH:
@@ -413,6 +415,8 @@ class Worker:
             if self.send_latencies:
                 histogram.record_many(self.send_hist, self.send_latencies)
                 self.send_latencies.clear()
+                histogram.record_many(self.lag_hist, self.lags)
+                self.lags.clear()
             self.seconds.append((self.cur_sec, self.cur_done, self.cur_errors, histogram.encode(hist)))
             hist.reset()
             self.cur_done = self.cur_errors = 0
