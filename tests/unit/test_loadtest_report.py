@@ -132,6 +132,33 @@ def test_split_connections() -> None:
     assert sum(split(100, 7)) == 100
 
 
+def test_fast_recording_matches_hdrhistogram() -> None:
+    """record_many computes hdrh's counts index itself: it must agree with record_value."""
+    import random
+
+    rng = random.Random(7)
+    values = [max(1, int(rng.lognormvariate(7, 2))) for _ in range(20_000)] + [
+        1,
+        2,
+        2047,
+        2048,
+        10**9,
+        3_600_000_000,
+    ]
+    fast, slow = histogram.new(), histogram.new()
+    histogram.record_many(fast, values)
+    for v in values:
+        slow.record_value(v)
+    assert list(fast.counts) == list(slow.counts)
+    assert fast.get_total_count() == slow.get_total_count() == len(values)
+    assert fast.get_min_value() == slow.get_min_value() and fast.get_max_value() == slow.get_max_value()
+    assert fast.get_value_at_percentile(99.9) == slow.get_value_at_percentile(99.9)
+    clamped = histogram.new()
+    histogram.record_many(clamped, [0, -5, 10**12])
+    assert clamped.get_total_count() == 3
+    assert clamped.get_min_value() == 1 and clamped.get_max_value() >= histogram.HIGHEST_US
+
+
 # ---------------------------------------------------------------- request bytes
 def test_request_bytes() -> None:
     t = build_target("http://127.0.0.1:8080/api/users?x=1", "post", ["X-A: 1", "Host: api.example"], b"hi")
