@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,3 +56,12 @@ def make_self_signed(directory: Path) -> TlsFiles:
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     """A throwaway self-signed certificate and key (plus a mismatched key) for TLS tests."""
     return make_self_signed(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_garbage_per_module() -> Iterator[None]:
+    """Free each module's leftovers before the next module runs: a socket or connection a
+    test forgot to close then warns (an error under filterwarnings=error) in the module
+    that leaked it, not in whichever later test happens to trigger the collection."""
+    yield
+    gc.collect()

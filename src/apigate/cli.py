@@ -20,6 +20,7 @@ from apigate.config import ConfigError, load_config, summarize
 from apigate.config.schema import Config
 from apigate.loadtest.cli import add_command as add_loadtest_command
 from apigate.logs import events
+from apigate.ops.cli import add_commands as add_ops_commands
 
 EXIT_CONFIG = 2
 DEFAULT_DEMO_CONFIG = "examples/quickstart.yaml"
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream-port", type=int, default=8081, help="demo upstream port (default 8081)")
     add_auth_commands(sub, _add_config)  # token, session create|revoke
     add_loadtest_command(sub)  # loadtest: sets args.loadtest(args), needs no configuration
+    add_ops_commands(sub)  # backup, restore, diagnose, capacity: ops(args), no config file
     return parser
 
 
@@ -192,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_demo(args.config, args.upstream_port)
     if args.command == "loadtest":
         return int(args.loadtest(args))
+    if (ops := getattr(args, "ops", None)) is not None:
+        return int(ops(args))
     run = getattr(args, "run", None)
     if run is not None:  # commands registered by packages: run(cfg, args)
         cfg = _load(args.config)

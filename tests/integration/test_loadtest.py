@@ -267,7 +267,7 @@ def test_metrics_give_the_server_side_view(tmp_path: Path) -> None:
         up.stop()
     assert rc == 0, out + err
     assert doc is not None
-    server = doc["server"]
+    server = doc["server_view"]
     assert server["requests"] == doc["requests"] == 200
     assert server["errors_5xx"] == 0
     assert server["restarted"] is False

@@ -365,7 +365,7 @@ def test_every_report_field_is_documented() -> None:
     doc["breaking_point"] = report.breaking_point(doc["timeline"], 0.001, 0.1)
     for key, value in doc.items():
         assert f"`{key}" in DOC, key
-        if key in ("profile", "generator", "criteria", "server"):
+        if key in ("profile", "generator", "criteria", "server_view"):
             for sub in value:
                 assert f"`{key}.{sub}`" in DOC, f"{key}.{sub}"
         elif key in ("breaking_point",) or key.startswith("latency"):
@@ -375,7 +375,7 @@ def test_every_report_field_is_documented() -> None:
         assert f"| `{sub}` |" in DOC, f"timeline.{sub}"
     server_error = {"url": "u", "error": "cannot scrape"}
     for sub in server_error:
-        assert f"`server.{sub}`" in DOC
+        assert f"`server_view.{sub}`" in DOC
 
 
 def test_script_help_is_the_commands() -> None:

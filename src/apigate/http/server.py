@@ -241,6 +241,11 @@ class RequestCycle:
         """The handler is done with this request (the response is written or abandoned)."""
         if not self.finished:
             self.finished = True
+            # The handler's callbacks are bound methods of objects that hold this cycle:
+            # dropping them here frees the request by reference counting, not by the
+            # cyclic GC (which cost ~4k instructions a request when they stayed).
+            self.on_deadline = None
+            self.on_cancel = None
             self.proto._finish(self)
 
     def cancel(self) -> None:

@@ -154,7 +154,7 @@ def build(
         "timeline": timeline,
     }
     if server is not None:
-        report["server"] = server
+        report["server_view"] = server
     return report
 
 
@@ -186,7 +186,7 @@ def summary(report: dict[str, Any]) -> str:
     ]
     if gen["note"]:
         lines.append(f"  warning    {gen['note']}")
-    server = r.get("server")
+    server = r.get("server_view")
     if server is not None:
         if "error" in server:
             lines.append(f"  server     {server['error']}")

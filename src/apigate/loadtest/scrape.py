@@ -96,7 +96,7 @@ def _versions(samples: Samples) -> list[str]:
 
 
 def server_view(url: str, before: Samples, after: Samples) -> dict[str, Any]:
-    """The server-side figures of the run, for the report's `server` section."""
+    """The server-side figures of the run, for the report's `server_view` section."""
     reasons = []
     for key, old in before.items():
         if key[0].endswith("_total") and after.get(key, old) < old:

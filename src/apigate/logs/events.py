@@ -1,6 +1,6 @@
 """Events: `emit()` for lifecycle and error events, the entry to the log pipeline.
 
-While a pipeline runs in this process (`attach`, done by `App.start`), `emit` only hands
+While a pipeline runs in this process (`attach`, done by `Server.start`), `emit` only hands
 the event to it (pipeline.py: redaction, sinks, spool). Before that, and in commands that
 never start one, `emit` writes the event at once to stdout, redacted, as one JSON line
 (or text), and keeps it in a short list that the pipeline, once attached, sends to its
