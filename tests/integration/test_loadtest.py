@@ -69,6 +69,39 @@ def test_constant_rate_count_and_rate_within_2_percent(upstream: UpstreamProcess
     assert_no_traceback(out, err)
 
 
+def test_on_a_terminal_progress_is_a_live_table(upstream: UpstreamProcess, tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 140, 0, 0))  # rows, columns
+    cmd = [str(APIGATE), "loadtest", "--url", f"{upstream.url}/ok", "--rps", "50", "--duration", "2s"]
+    env = {**os.environ, "COLUMNS": "140", "LINES": "30"}  # rich reads these before the ioctl
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    screen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            screen += chunk
+        assert proc.wait(timeout=RUN_TIMEOUT_S) == 0
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    text = screen.decode(errors="replace")
+    assert "achieved req/s" in text and "p99 so far" in text, text[:3000]  # the header
+    assert "t=   1s" not in text  # not the plain lines
+    assert "PASS  p99" in text
+
+
 def test_two_workers_split_the_schedule_exactly(upstream: UpstreamProcess, tmp_path: Path) -> None:
     rc, out, err, doc = run_loadtest(
         f"--url {upstream.url}/ok --rps 250 --duration 3s --workers 2 --connections 8",

@@ -159,6 +159,22 @@ def test_fast_recording_matches_hdrhistogram() -> None:
     assert clamped.get_min_value() == 1 and clamped.get_max_value() >= histogram.HIGHEST_US
 
 
+def test_worker_histograms_merge_exactly() -> None:
+    """What --workers relies on: shipped encoded and added, the percentiles are the whole's."""
+    import random
+
+    rng = random.Random(3)
+    values = [max(1, int(rng.lognormvariate(8, 1.5))) for _ in range(30_000)]
+    whole, merged = histogram.new(), histogram.new()
+    histogram.record_many(whole, values)
+    for part in (values[0::3], values[1::3], values[2::3]):  # three workers' shares
+        h = histogram.new()
+        histogram.record_many(h, part)
+        histogram.add_encoded(merged, histogram.encode(h))
+    assert histogram.summary_ms(merged) == histogram.summary_ms(whole)
+    assert merged.get_total_count() == len(values)
+
+
 # ---------------------------------------------------------------- request bytes
 def test_request_bytes() -> None:
     t = build_target("http://127.0.0.1:8080/api/users?x=1", "post", ["X-A: 1", "Host: api.example"], b"hi")
