@@ -50,6 +50,10 @@ def build_filters(cfg: Config, health: Health | None = None) -> list[Filter]:
         from apigate.ratelimit.filter import RateLimitFilter
 
         filters.append(RateLimitFilter(cfg))  # priority 910
+    if any(r.request_headers or r.response_headers for r in cfg.routes):
+        from apigate.transforms.filter import HeaderTransformFilter
+
+        filters.append(HeaderTransformFilter(cfg))  # priority 700, routes with transforms only
     from apigate.logs.filter import AccessLogFilter, wanted
 
     if wanted(cfg):

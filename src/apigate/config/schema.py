@@ -15,7 +15,14 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from apigate.http.headers import CONTENT_LENGTH, EXPECT, GATEWAY_SET_REQUEST, HOP_BY_HOP, X_FORWARDED_FOR
+from apigate.http.headers import (
+    CONTENT_LENGTH,
+    EXPECT,
+    GATEWAY_SET_REQUEST,
+    HOP_BY_HOP,
+    X_FORWARDED_FOR,
+    X_USER_ID,
+)
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveSecs = Annotated[float, Field(gt=0)]
@@ -412,6 +419,65 @@ class UpstreamConfig(Section):
         return v
 
 
+# ----------------------------------------------------------------------------- header transforms
+TRANSFORM_VARIABLES = ("client_ip", "request_id", "route_id", "user")
+TRANSFORM_TOKEN = re.compile(r"\$\$|\$([A-Za-z_][A-Za-z0-9_]*)")  # `$$` is a literal `$`
+# Fields that frame the message, that the gateway sets itself, or that say who the user is
+# (RFC 9110 §7.6.1 hop-by-hop, Host): a transform cannot set, add or remove them.
+_NOT_TRANSFORMABLE = frozenset(
+    h.decode()
+    for h in HOP_BY_HOP | GATEWAY_SET_REQUEST | {CONTENT_LENGTH, EXPECT, X_FORWARDED_FOR, X_USER_ID}
+)
+
+
+def _check_transform_name(name: str) -> str:
+    lowered = name.lower()
+    if not _TOKEN.match(name):
+        raise ValueError(f"'{name}' is not a header name")
+    if lowered in _NOT_TRANSFORMABLE:
+        raise ValueError(
+            f"'{name}' is hop-by-hop, frames the message or is set by the gateway; it cannot be transformed"
+        )
+    return lowered
+
+
+def _check_transform_value(name: str, value: str) -> None:
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError(f"the value of '{name}' contains a line break or NUL")
+    for m in TRANSFORM_TOKEN.finditer(value):
+        var = m.group(1)
+        if var is not None and var not in TRANSFORM_VARIABLES:
+            known = ", ".join("$" + v for v in TRANSFORM_VARIABLES)
+            raise ValueError(f"unknown variable ${var} in '{name}' (known: {known}; $$ is a literal $)")
+
+
+class HeaderTransformConfig(Section):
+    set: dict[str, str] = Field(
+        default_factory=dict, description="Header -> value, replacing every copy already there."
+    )
+    add: dict[str, str] = Field(
+        default_factory=dict, description="Header -> value, added beside any copy already there."
+    )
+    remove: list[str] = Field(default_factory=list, description="Headers removed (every copy).")
+
+    @model_validator(mode="after")
+    def _names_and_values(self) -> HeaderTransformConfig:
+        seen: dict[str, str] = {}
+        for kind, names in (("set", list(self.set)), ("add", list(self.add)), ("remove", self.remove)):
+            for name in names:
+                lowered = _check_transform_name(name)
+                if lowered in seen:
+                    raise ValueError(
+                        f"'{name}' is given in both {seen[lowered]} and {kind}"
+                        if seen[lowered] != kind
+                        else f"'{name}' is given twice in {kind}"
+                    )
+                seen[lowered] = kind
+        for name, value in (*self.set.items(), *self.add.items()):
+            _check_transform_value(name, value)
+        return self
+
+
 class RouteConfig(Section):
     id: str = Field(description="Route name, the 'route' label of metrics.")
     methods: list[str] = Field(
@@ -426,6 +492,14 @@ class RouteConfig(Section):
     )
     strip_prefix: bool = Field(False, description="Remove the route's literal prefix before forwarding.")
     rewrite: str | None = Field(None, description="Upstream path template; {param} and {*} are filled in.")
+    request_headers: HeaderTransformConfig | None = Field(
+        None,
+        description="Headers set, added or removed on the way to the upstream "
+        "($client_ip, $request_id, $route_id, $user).",
+    )
+    response_headers: HeaderTransformConfig | None = Field(
+        None, description="Headers set, added or removed on the way to the client (same variables)."
+    )
 
     _id = field_validator("id")(_check_id)
 

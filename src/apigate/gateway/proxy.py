@@ -30,6 +30,7 @@ from apigate.http.client import (
     UpstreamConnection,
     UpstreamError,
     UpstreamPool,
+    _drop_named,
 )
 from apigate.http.headers import (
     CONNECTION,
@@ -40,6 +41,7 @@ from apigate.http.headers import (
     HOST,
     TRIVIAL_CONNECTION_TOKENS,
     X_FORWARDED_FOR,
+    X_USER_ID,
     Headers,
     chunk_size_line,
     connection_tokens,
@@ -53,7 +55,7 @@ if TYPE_CHECKING:
 
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 REPLAY_MAX_BYTES: Final = 64 * 1024  # request bodies up to this size are kept for one retry
-_SKIP_REQUEST: Final = HOP_BY_HOP | GATEWAY_SET_REQUEST | {CONTENT_LENGTH, EXPECT, X_FORWARDED_FOR}
+_SKIP_REQUEST: Final = HOP_BY_HOP | GATEWAY_SET_REQUEST | {CONTENT_LENGTH, EXPECT, X_FORWARDED_FOR, X_USER_ID}
 _PROTO_HTTP: Final = b"\r\nx-forwarded-proto: http\r\n"
 _PROTO_HTTPS: Final = b"\r\nx-forwarded-proto: https\r\n"
 _now: Final = clock.now  # a C static: the module attribute would be looked up per call
@@ -80,6 +82,14 @@ def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: b
                 xff = value if xff is None else xff + b", " + value
             elif name == HOST:
                 host = value
+            elif name == X_USER_ID:
+                # Only the identity a filter established goes upstream (auth sets both);
+                # a client's own X-User-ID never does, with or without auth configured.
+                user = ctx.user
+                if user is not None and value == user.encode():
+                    out.append(b"x-user-id: ")
+                    out.append(value)
+                    out.append(b"\r\n")
             elif name == CONNECTION and names_other_fields(value):
                 # Connection names more hop-by-hop fields (rare): drop them and start over.
                 named = _connection_named(headers)
@@ -203,6 +213,8 @@ class Exchange(ResponseSink):
         ctx = self.ctx
         now = _now()
         ctx.upstream_duration = now - ctx.start
+        if ctx.drop_response_fields is not None:
+            lines = _drop_named(lines, ctx.drop_response_fields)
         added: Headers = list(ctx.response_headers) if ctx.response_headers else []
         self.chain.run_response(ctx, status, added)
         for name, value in added:

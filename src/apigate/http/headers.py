@@ -39,6 +39,9 @@ X_REQUEST_ID: Final = b"x-request-id"
 X_FORWARDED_FOR: Final = b"x-forwarded-for"
 X_FORWARDED_PROTO: Final = b"x-forwarded-proto"
 X_FORWARDED_HOST: Final = b"x-forwarded-host"
+# Who the gateway authenticated: sent upstream only with the identity a filter established
+# (`RequestContext.user`), never as a client wrote it, whether or not auth is configured.
+X_USER_ID: Final = b"x-user-id"
 
 # Headers the gateway itself sets on the upstream request; a client's copies are dropped
 # so a client cannot forge them (X-Forwarded-For is appended to, not replaced).

@@ -1,0 +1,54 @@
+"""Configuration of the traffic features: what an operator sees for each mistake.
+
+Header transforms, IP rules, CORS, WebSockets and plugins are all checked when the file
+is loaded, with the file, line and key path of the mistake, like every other key.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from apigate.config import ConfigError, load_config_text
+
+BASE = """
+upstreams:
+  - {id: up, base_url: "http://127.0.0.1:9"}
+routes:
+  - id: r
+    path: /api/*
+    upstream_id: up
+"""
+
+
+def errors_of(extra: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(textwrap.dedent(BASE) + extra, "gw.yaml", {})
+    return info.value.errors
+
+
+@pytest.mark.parametrize(
+    "name", ["Host", "Connection", "Transfer-Encoding", "Upgrade", "Content-Length", "X-User-ID"]
+)
+def test_a_transform_cannot_touch_framing_hop_by_hop_or_identity_fields(name: str) -> None:
+    errors = errors_of(f"    request_headers: {{set: {{{name}: x}}}}\n")
+    assert len(errors) == 1
+    assert errors[0].startswith("gw.yaml:8 routes[0].request_headers")
+    assert f"'{name}'" in errors[0] and "cannot be transformed" in errors[0]
+
+
+def test_a_transform_names_only_known_variables() -> None:
+    (error,) = errors_of("    response_headers: {add: {X-Who: '$usr'}}\n")
+    assert error.startswith("gw.yaml:8 routes[0].response_headers")
+    assert "unknown variable $usr" in error and "$client_ip" in error
+
+
+def test_a_transform_value_cannot_inject_a_header() -> None:
+    (error,) = errors_of('    request_headers: {set: {X-A: "a\\r\\nX-B: b"}}\n')
+    assert "line break" in error
+
+
+def test_a_header_is_given_once_per_transform() -> None:
+    (error,) = errors_of("    request_headers: {set: {X-A: a}, remove: [x-a]}\n")
+    assert "'x-a' is given in both set and remove" in error
