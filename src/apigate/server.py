@@ -42,6 +42,12 @@ def build_filters(cfg: Config, health: Health | None = None) -> list[Filter]:
     and adds correlation (X-Request-ID), which is always on. Each feature's package is
     imported only when it is configured (PyJWT, OpenTelemetry load only when used)."""
     filters: list[Filter] = []
+    from apigate.iprules.filter import has_rules
+
+    if has_rules(cfg):
+        from apigate.iprules.filter import IpRulesFilter
+
+        filters.append(IpRulesFilter(cfg))  # priority 3000, routes with rules only
     if cfg.auth is not None:
         from apigate.auth.filter import AuthFilter
 

@@ -52,3 +52,24 @@ def test_a_transform_value_cannot_inject_a_header() -> None:
 def test_a_header_is_given_once_per_transform() -> None:
     (error,) = errors_of("    request_headers: {set: {X-A: a}, remove: [x-a]}\n")
     assert "'x-a' is given in both set and remove" in error
+
+
+def test_ip_rules_take_addresses_and_cidrs_v4_and_v6() -> None:
+    (error,) = errors_of("    ip_allow: [10.0.0.0/8, '2001:db8::/32', 10.0.0.300]\n")
+    assert (
+        error.startswith("gw.yaml:8 routes[0].ip_allow")
+        and "'10.0.0.300' is not an IP address or CIDR" in error
+    )
+
+
+def test_ip_rules_decide_deny_first_then_allow() -> None:
+    from apigate.gateway.clientip import parse_networks
+    from apigate.iprules.filter import DENIED, NOT_ALLOWED, Rules
+
+    rules = Rules(parse_networks(["2001:db8::/32", "10.0.0.0/8"]), parse_networks(["10.9.0.0/16"]))
+    assert rules.decide("10.1.2.3") is None
+    assert rules.decide("2001:db8::1") is None
+    assert rules.decide("10.9.1.1") == DENIED
+    assert rules.decide("2001:db9::1") == NOT_ALLOWED
+    assert rules.decide("unix") == NOT_ALLOWED
+    assert Rules((), parse_networks(["::/0"])).decide("127.0.0.1") is None  # v6 rules never match v4

@@ -49,6 +49,19 @@ def _check_id(v: str) -> str:
     return v
 
 
+def _check_networks(v: list[str] | None) -> list[str] | None:
+    """Addresses and CIDRs, v4 or v6 (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`)."""
+    for cidr in v or ():
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"'{cidr}' is not an IP address or CIDR") from None
+    return v
+
+
+Networks = Annotated[list[str], AfterValidator(_check_networks)]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -88,20 +101,10 @@ class ServerConfig(Section):
     drain_timeout_secs: PositiveSecs = Field(
         30, description="On SIGTERM/SIGINT, how long in-flight requests may finish before being cut."
     )
-    trusted_proxies: list[str] = Field(
+    trusted_proxies: Networks = Field(
         default_factory=list, description="CIDRs whose X-Forwarded-For is believed for the client ip."
     )
     tls: TlsConfig | None = Field(None, description="Serve HTTPS on the proxy listener.")
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _cidrs(cls, v: list[str]) -> list[str]:
-        for cidr in v:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ValueError(f"'{cidr}' is not an IP address or CIDR") from None
-        return v
 
 
 # ----------------------------------------------------------------------------- logging
@@ -500,6 +503,13 @@ class RouteConfig(Section):
     response_headers: HeaderTransformConfig | None = Field(
         None, description="Headers set, added or removed on the way to the client (same variables)."
     )
+    ip_allow: Networks | None = Field(
+        None, description="Client addresses/CIDRs admitted on this route (replaces the top-level ip_allow)."
+    )
+    ip_deny: Networks = Field(
+        default_factory=list,
+        description="Client addresses/CIDRs refused on this route, besides the top-level ip_deny.",
+    )
 
     _id = field_validator("id")(_check_id)
 
@@ -546,3 +556,10 @@ class Config(Section):
     rate_limiting: RateLimitingConfig | None = Field(None, description="Request limits.")
     upstreams: list[UpstreamConfig] = Field(default_factory=list, description="Services behind the gateway.")
     routes: list[RouteConfig] = Field(default_factory=list, description="Path and method to upstream.")
+    ip_allow: Networks = Field(
+        default_factory=list, description="Client addresses/CIDRs admitted on every route (empty: all)."
+    )
+    ip_deny: Networks = Field(
+        default_factory=list,
+        description="Client addresses/CIDRs refused on every route; deny wins over allow.",
+    )
