@@ -6,6 +6,8 @@
 #   wrk           (wrk)                      load generator (bench, load tests)
 #   promtool      (prometheus)               checks alert and recording rules
 #   amtool        (prometheus-alertmanager)  checks the Alertmanager config
+#   chromium      (chromium)                 a real browser applying CORS (tests/integration/test_traffic_cors.py)
+#   chromedriver  (chromium-driver)          drives it through selenium
 #
 # As root: apt-get installs what is missing (services are not started by the install).
 # Not root: prints what to install; exits non-zero when CI=true (nothing may be skipped in CI),
@@ -19,6 +21,8 @@ TOOLS=(
   "wrk wrk /usr/bin/wrk"
   "promtool prometheus /usr/bin/promtool"
   "amtool prometheus-alertmanager /usr/bin/amtool"
+  "chromium chromium /usr/bin/chromium"
+  "chromedriver chromium-driver /usr/bin/chromedriver"
 )
 
 have() {
@@ -41,7 +45,7 @@ for entry in "${TOOLS[@]}"; do
 done
 
 if [ ${#missing_pkgs[@]} -eq 0 ]; then
-  echo "test tools: all present (redis-server nginx wrk promtool amtool)"
+  echo "test tools: all present (redis-server nginx wrk promtool amtool chromium chromedriver)"
   exit 0
 fi
 

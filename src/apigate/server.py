@@ -48,6 +48,12 @@ def build_filters(cfg: Config, health: Health | None = None) -> list[Filter]:
         from apigate.iprules.filter import IpRulesFilter
 
         filters.append(IpRulesFilter(cfg))  # priority 3000, routes with rules only
+    from apigate.cors.filter import wanted as cors_wanted
+
+    if cors_wanted(cfg):
+        from apigate.cors.filter import CorsFilter
+
+        filters.append(CorsFilter(cfg))  # priority 2000, CORS routes (and unmatched preflights) only
     if cfg.auth is not None:
         from apigate.auth.filter import AuthFilter
 

@@ -73,3 +73,11 @@ def test_ip_rules_decide_deny_first_then_allow() -> None:
     assert rules.decide("2001:db9::1") == NOT_ALLOWED
     assert rules.decide("unix") == NOT_ALLOWED
     assert Rules((), parse_networks(["::/0"])).decide("127.0.0.1") is None  # v6 rules never match v4
+
+
+def test_cors_origins_are_origins_star_or_a_regex() -> None:
+    (error,) = errors_of("    cors: {allow_origins: ['https://b.test:8443', '*', 'https://a.test/path']}\n")
+    assert error.startswith("gw.yaml:8 routes[0].cors.allow_origins")
+    assert "'https://a.test/path' is not an origin" in error
+    (error,) = errors_of("    cors: {allow_origins: ['~([']}\n")
+    assert "'~([' is not a regular expression" in error

@@ -481,6 +481,65 @@ class HeaderTransformConfig(Section):
         return self
 
 
+# ----------------------------------------------------------------------------- CORS
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#\s]+$")
+CORS_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+class CorsConfig(Section):
+    allow_origins: list[str] = Field(
+        min_length=1,
+        description="Origins allowed: exact ('https://app.example.com'), '*' (any), "
+        "or a regex after '~' ('~^https://[a-z0-9-]+\\.example\\.com$').",
+    )
+    allow_methods: list[str] = Field(
+        default_factory=lambda: list(CORS_METHODS), description="Methods a preflight may ask for."
+    )
+    allow_headers: list[str] = Field(
+        default_factory=list,
+        description="Request headers a preflight may ask for besides the CORS-safelisted ones; '*': any.",
+    )
+    expose_headers: list[str] = Field(
+        default_factory=list, description="Response headers the page's script may read."
+    )
+    allow_credentials: bool = Field(
+        False, description="Allow cookies and Authorization (the origin is echoed, never '*')."
+    )
+    max_age_secs: int = Field(600, ge=0, le=86400, description="How long a browser may cache a preflight.")
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if origin.startswith("~"):
+                try:
+                    re.compile(origin[1:])
+                except re.error as e:
+                    raise ValueError(f"'{origin}' is not a regular expression: {e}") from None
+            elif origin not in ("*", "null") and not _ORIGIN.match(origin.lower()):
+                raise ValueError(
+                    f"'{origin}' is not an origin (scheme://host[:port], no path), '*' or '~regex'"
+                )
+        return v
+
+    @field_validator("allow_methods")
+    @classmethod
+    def _cors_methods(cls, v: list[str]) -> list[str]:
+        out = [m.upper() for m in v]
+        bad = [m for m in out if m not in HTTP_METHODS]
+        if bad:
+            raise ValueError(f"unknown method(s) {', '.join(bad)}")
+        return out
+
+    @field_validator("allow_headers", "expose_headers")
+    @classmethod
+    def _header_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name != "*" and not _TOKEN.match(name):
+                raise ValueError(f"'{name}' is not a header name")
+        return v
+
+
 class RouteConfig(Section):
     id: str = Field(description="Route name, the 'route' label of metrics.")
     methods: list[str] = Field(
@@ -502,6 +561,9 @@ class RouteConfig(Section):
     )
     response_headers: HeaderTransformConfig | None = Field(
         None, description="Headers set, added or removed on the way to the client (same variables)."
+    )
+    cors: CorsConfig | Literal[False] | None = Field(
+        None, description="CORS for this route (replaces the top-level cors); false turns it off."
     )
     ip_allow: Networks | None = Field(
         None, description="Client addresses/CIDRs admitted on this route (replaces the top-level ip_allow)."
@@ -556,6 +618,9 @@ class Config(Section):
     rate_limiting: RateLimitingConfig | None = Field(None, description="Request limits.")
     upstreams: list[UpstreamConfig] = Field(default_factory=list, description="Services behind the gateway.")
     routes: list[RouteConfig] = Field(default_factory=list, description="Path and method to upstream.")
+    cors: CorsConfig | None = Field(
+        None, description="CORS for every route (browsers calling from other origins)."
+    )
     ip_allow: Networks = Field(
         default_factory=list, description="Client addresses/CIDRs admitted on every route (empty: all)."
     )

@@ -201,7 +201,7 @@ class RequestCycle:
             self.keep_alive = False
         out = lines
         out.insert(0, status_line(status))
-        if content_length is not None:
+        if content_length is not None and status != 204:  # RFC 9110 §8.6: none in a 204
             out.append(content_length_line(content_length))
             self.response_length = content_length if self.write_body else 0
         elif status >= 200 and status not in (204, 304) and self.write_body:

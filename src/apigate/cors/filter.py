@@ -1,0 +1,168 @@
+"""CORS as the Fetch standard (§3.2, "CORS protocol") asks a server to speak it.
+
+A browser calling from another origin sends `Origin`; for anything beyond a "simple"
+request it first sends a preflight: `OPTIONS` with `Origin` and
+`Access-Control-Request-Method` (and `-Headers`). The gateway answers preflights itself
+(204, never forwarded, before auth: a preflight carries no credentials) and adds
+`Access-Control-Allow-Origin` to actual requests from allowed origins. It always echoes
+the request's origin, never `*`, and says `Vary: Origin` on every response of a CORS
+route, so a shared cache never serves one origin's answer to another. A disallowed
+origin gets no CORS headers at all: the browser then refuses the response to the page.
+
+The policy is the route's `cors:` if it has one (`false` turns CORS off), else the
+top-level `cors:`. The upstream's own `Access-Control-*` response fields are dropped on
+a CORS route: two answers to the same question make browsers fail the request.
+
+A preflight to a route that does not serve OPTIONS (`methods: [GET]`) matches no route;
+the filter also sits on the unmatched chain and finds the route the preflight asks about
+by `Access-Control-Request-Method`, so such routes still get their preflight answered.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from apigate.config.schema import Config, CorsConfig, RouteConfig
+from apigate.gateway.filters import Filter, RequestContext, RequestOutcome, Response
+from apigate.gateway.router import Route, Router
+from apigate.http.headers import Headers
+
+ORIGIN: Final = b"origin"
+REQUEST_METHOD: Final = b"access-control-request-method"
+REQUEST_HEADERS: Final = b"access-control-request-headers"
+ALLOW_ORIGIN: Final = b"access-control-allow-origin"
+ALLOW_CREDENTIALS: Final = b"access-control-allow-credentials"
+ALLOW_METHODS: Final = b"access-control-allow-methods"
+ALLOW_HEADERS: Final = b"access-control-allow-headers"
+EXPOSE_HEADERS: Final = b"access-control-expose-headers"
+MAX_AGE: Final = b"access-control-max-age"
+VARY: Final = b"vary"
+VARY_ORIGIN: Final = (VARY, b"Origin")
+VARY_PREFLIGHT: Final = (VARY, b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
+UPSTREAM_CORS_FIELDS: Final = {
+    ALLOW_ORIGIN,
+    ALLOW_CREDENTIALS,
+    EXPOSE_HEADERS,
+    ALLOW_METHODS,
+    ALLOW_HEADERS,
+    MAX_AGE,
+}
+_CACHE_MAX = 1024  # origin decisions kept per policy
+
+
+class Policy:
+    """One `cors:` block, compiled: origin checks and the fixed response fields."""
+
+    def __init__(self, cfg: CorsConfig) -> None:
+        self.any_origin = "*" in cfg.allow_origins
+        self.exact = {o.lower().encode("latin-1") for o in cfg.allow_origins if not o.startswith("~")}
+        self.patterns = [re.compile(o[1:]) for o in cfg.allow_origins if o.startswith("~")]
+        self.methods = frozenset(cfg.allow_methods)
+        self.any_header = "*" in cfg.allow_headers
+        self.headers = frozenset(h.lower() for h in cfg.allow_headers)
+        self.credentials = cfg.allow_credentials
+        self.allow_methods = ", ".join(cfg.allow_methods).encode("ascii")
+        self.allow_headers = ", ".join(cfg.allow_headers).encode("ascii")
+        self.expose = ", ".join(cfg.expose_headers).encode("ascii")
+        self.max_age = str(cfg.max_age_secs).encode("ascii")
+        self.known: dict[bytes, bool] = {}
+
+    def allows(self, origin: bytes) -> bool:
+        known = self.known.get(origin)
+        if known is None:
+            lowered = origin.lower()
+            text = origin.decode("latin-1")
+            known = self.any_origin or lowered in self.exact or any(p.fullmatch(text) for p in self.patterns)
+            if len(self.known) >= _CACHE_MAX:
+                self.known.clear()
+            self.known[origin] = known
+        return known
+
+    def actual_headers(self, origin: bytes) -> Headers:
+        out: Headers = [(ALLOW_ORIGIN, origin)]
+        if self.credentials:
+            out.append((ALLOW_CREDENTIALS, b"true"))
+        if self.expose:
+            out.append((EXPOSE_HEADERS, self.expose))
+        return out
+
+    def preflight(self, origin: bytes, requested_headers: bytes | None) -> Headers:
+        out: Headers = [(ALLOW_ORIGIN, origin)]
+        if self.credentials:
+            out.append((ALLOW_CREDENTIALS, b"true"))
+        out.append((ALLOW_METHODS, self.allow_methods))
+        if requested_headers and self.any_header:
+            out.append((ALLOW_HEADERS, requested_headers))  # '*' is literal with credentials: echo
+        elif self.allow_headers:
+            out.append((ALLOW_HEADERS, self.allow_headers))
+        out.append((MAX_AGE, self.max_age))
+        return out
+
+
+def effective(cfg: Config, route: RouteConfig) -> CorsConfig | None:
+    if route.cors is False:
+        return None
+    return route.cors if route.cors is not None else cfg.cors
+
+
+def wanted(cfg: Config) -> bool:
+    return cfg.cors is not None or any(r.cors for r in cfg.routes)
+
+
+class CorsFilter(Filter):
+    name = "cors"
+    priority = 2000  # before auth (1250): a preflight carries no credentials; after IP rules
+
+    def __init__(self, cfg: Config) -> None:
+        self.policies: dict[str, Policy] = {}
+        for route in cfg.routes:
+            policy = effective(cfg, route)
+            if policy is not None:
+                self.policies[route.id] = Policy(policy)
+        self.router = Router(cfg.routes)  # for preflights to routes that do not serve OPTIONS
+
+    def applies_to(self, route: Route | None) -> bool:
+        return route is None or route.id in self.policies
+
+    def on_request(self, ctx: RequestContext) -> RequestOutcome:
+        origin: bytes | None = None
+        asked: bytes | None = None
+        asked_headers: bytes | None = None
+        for name, value in ctx.cycle.headers:
+            if name == ORIGIN:
+                origin = value
+            elif name == REQUEST_METHOD:
+                asked = value
+            elif name == REQUEST_HEADERS:
+                asked_headers = value
+        route = ctx.route
+        preflight = ctx.method == "OPTIONS" and asked is not None
+        if route is None:
+            if not preflight or origin is None:
+                return None
+            match = self.router.match(asked.decode("latin-1").strip(), ctx.path)  # type: ignore[union-attr]
+            if type(match) is not tuple:
+                return None  # the preflight asks about nothing served here: 404/405 as usual
+            route = match[0]
+        policy = self.policies.get(route.id)
+        if policy is None:
+            return None
+        ctx.drop_response_fields = (
+            UPSTREAM_CORS_FIELDS
+            if ctx.drop_response_fields is None
+            else ctx.drop_response_fields | UPSTREAM_CORS_FIELDS
+        )
+        if preflight:
+            headers: Headers = [VARY_PREFLIGHT]
+            if origin is not None and policy.allows(origin):
+                headers += policy.preflight(origin, asked_headers)
+            return Response(204, headers)
+        if origin is not None and policy.allows(origin):
+            for name, value in policy.actual_headers(origin):
+                ctx.add_response_header(name, value)
+        return None
+
+    def on_response(self, ctx: RequestContext, status: int, headers: Headers) -> None:
+        if ctx.route is not None and VARY_PREFLIGHT not in headers:  # a preflight says it already
+            headers.append(VARY_ORIGIN)
