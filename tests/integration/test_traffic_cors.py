@@ -174,7 +174,8 @@ def browser() -> Iterator[object]:
 
 FETCH = """
 const done = arguments[arguments.length - 1];
-fetch(arguments[0], {method: "PUT", headers: {"X-Custom": "1", "Content-Type": "application/json"}, body: "{}"})
+const headers = {"X-Custom": "1", "Content-Type": "application/json"};
+fetch(arguments[0], {method: "PUT", headers: headers, body: "{}"})
   .then(r => r.json().then(j => done("ok " + r.status + " " + j.method + " " + j.headers["x-custom"])))
   .catch(e => done("failed " + e.name));
 """
