@@ -66,6 +66,10 @@ def build_filters(cfg: Config, health: Health | None = None) -> list[Filter]:
         from apigate.transforms.filter import HeaderTransformFilter
 
         filters.append(HeaderTransformFilter(cfg))  # priority 700, routes with transforms only
+    if cfg.plugins:
+        from apigate.plugins.loader import build_plugins
+
+        filters.extend(build_plugins(cfg))  # user filters, each behind a guard (docs/PLUGINS.md)
     from apigate.logs.filter import AccessLogFilter, wanted
 
     if wanted(cfg):

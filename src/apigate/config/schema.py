@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -540,6 +540,36 @@ class CorsConfig(Section):
         return v
 
 
+# ----------------------------------------------------------------------------- plugins
+_PLUGIN_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class PluginConfig(Section):
+    name: str = Field(
+        description="The plugin's name: routes[].plugins, logs and plugin_errors_total{plugin}."
+    )
+    module: str = Field(description="Where the filter class is: 'package.module:ClassName'.")
+    path: str | None = Field(
+        None, description="Directory added to Python's import path first (relative: to the config file)."
+    )
+    priority: int | None = Field(
+        None,
+        description="Order in the chain, higher first (auth is 1250, rate limits 910); default: the class's.",
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Settings, validated by the plugin class's own Config model."
+    )
+
+    _name = field_validator("name")(_check_id)
+
+    @field_validator("module")
+    @classmethod
+    def _module(cls, v: str) -> str:
+        if not _PLUGIN_MODULE.match(v):
+            raise ValueError(f"'{v}' is not 'package.module:ClassName'")
+        return v
+
+
 class RouteConfig(Section):
     id: str = Field(description="Route name, the 'route' label of metrics.")
     methods: list[str] = Field(
@@ -564,6 +594,10 @@ class RouteConfig(Section):
     )
     cors: CorsConfig | Literal[False] | None = Field(
         None, description="CORS for this route (replaces the top-level cors); false turns it off."
+    )
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Plugins (by name) for this route; a plugin no route lists runs on every route.",
     )
     ip_allow: Networks | None = Field(
         None, description="Client addresses/CIDRs admitted on this route (replaces the top-level ip_allow)."
@@ -618,6 +652,9 @@ class Config(Section):
     rate_limiting: RateLimitingConfig | None = Field(None, description="Request limits.")
     upstreams: list[UpstreamConfig] = Field(default_factory=list, description="Services behind the gateway.")
     routes: list[RouteConfig] = Field(default_factory=list, description="Path and method to upstream.")
+    plugins: list[PluginConfig] = Field(
+        default_factory=list, description="Python filters of your own (docs/PLUGINS.md)."
+    )
     cors: CorsConfig | None = Field(
         None, description="CORS for every route (browsers calling from other origins)."
     )
