@@ -126,7 +126,9 @@ class Server:
         self.pools = build_pools(cfg)
         if filters is None:
             filters = build_filters(cfg, self.health)
-        self.app = App(cfg.routes, filters, self.pools, self.health.answer)
+        self.app = App(
+            cfg.routes, filters, self.pools, self.health.answer, cfg.server.websocket_idle_timeout_secs
+        )
         self.logs: Pipeline | None = None  # built in start(): it needs the worker's loop
         self.telemetry = Telemetry(cfg, self.state, self.health, self.app.filters, lambda: self.logs)
         self.servers: list[asyncio.Server] = []
@@ -199,6 +201,7 @@ class Server:
         deadline = self.loop.time() + self.cfg.server.drain_timeout_secs
         while self.state.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
+        self.app.tunnels.going_away()  # WebSocket tunnels still open: a 1001 close frame each
         for conn in list(self.state.connections):
             conn.transport.abort()
         for pool in self.pools.values():

@@ -101,6 +101,9 @@ class ServerConfig(Section):
     drain_timeout_secs: PositiveSecs = Field(
         30, description="On SIGTERM/SIGINT, how long in-flight requests may finish before being cut."
     )
+    websocket_idle_timeout_secs: PositiveSecs = Field(
+        300, description="A WebSocket tunnel silent both ways this long is closed (1001 going away)."
+    )
     trusted_proxies: Networks = Field(
         default_factory=list, description="CIDRs whose X-Forwarded-For is believed for the client ip."
     )
@@ -583,6 +586,9 @@ class RouteConfig(Section):
         None, description="Limit for this route; false disables the default."
     )
     strip_prefix: bool = Field(False, description="Remove the route's literal prefix before forwarding.")
+    websocket: bool = Field(
+        True, description="Tunnel WebSocket upgrades to the upstream; false answers them 400."
+    )
     rewrite: str | None = Field(None, description="Upstream path template; {param} and {*} are filled in.")
     request_headers: HeaderTransformConfig | None = Field(
         None,

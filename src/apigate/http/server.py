@@ -141,6 +141,11 @@ class RequestCycle:
     # else the body bytes that went through write().
     response_length: int | None = None
     body_bytes = 0
+    # Protocol switching (RFC 9110 §7.8; WebSocket, RFC 6455 §4): the request asked for an
+    # Upgrade, and the bytes the client sent after its head (the new protocol's first ones),
+    # kept for whoever takes the connection over (`HttpServerProtocol.detach`).
+    upgrade = False
+    upgrade_rest = b""
 
     def __init__(
         self,
@@ -388,7 +393,15 @@ class HttpServerProtocol:
         except HttpError as e:
             self._fail(e.code)
             return
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as e:
+            active = self.active
+            if active is not None and active.upgrade and not active.response_started and not self.pipeline:
+                # The handler may still switch protocols (a WebSocket tunnel, once the
+                # upstream agrees): keep what followed the head and read no more until it
+                # decides. Any other answer closes the connection after it (keep_alive).
+                active.upgrade_rest = data[e.args[0] :]
+                self.pause_reading()
+                return
             # No protocol switching: the request is proxied as plain HTTP (Upgrade is
             # hop-by-hop and dropped), and the connection closes after it.
             if self.parsing is not None:
@@ -506,6 +519,9 @@ class HttpServerProtocol:
         )
         if expect:
             cycle.expect_continue = True
+        if connection and parser.should_upgrade():  # only requests with a Connection header ask
+            cycle.upgrade = True
+            cycle.keep_alive = False  # llhttp reads nothing after an upgrade request
         if request_id is not None:
             cycle.client_request_id = request_id
         self.parsing = cycle
@@ -624,6 +640,23 @@ class HttpServerProtocol:
     def abort_response(self) -> None:
         """The response broke after it started: closing is the only way to tell the client."""
         self._close()
+
+    def detach(self) -> bytes:
+        """Hand the connection over after a `101 Switching Protocols` (RFC 9110 §15.2.2):
+        the caller sets its own protocol on `self.transport` and resumes reading. Returns the
+        bytes the client sent after its request head. The listener's timeouts stop; the
+        connection stays in `state.connections` (draining waits for it) until the new owner
+        ends it with `connection_lost`."""
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+        self.watch_at = -INF  # never re-armed: `watch()` only arms earlier deadlines
+        cycle = self.active
+        rest = b""
+        if cycle is not None:
+            rest, cycle.upgrade_rest = cycle.upgrade_rest, b""
+            cycle.handler_deadline = 0.0
+        return rest
 
     def shutdown(self) -> None:
         """Drain: close if idle; else answer every request already received (the active one
