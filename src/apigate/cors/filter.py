@@ -26,7 +26,7 @@ from typing import Final
 from apigate.config.schema import Config, CorsConfig, RouteConfig
 from apigate.gateway.filters import Filter, RequestContext, RequestOutcome, Response
 from apigate.gateway.router import Route, Router
-from apigate.http.headers import Headers
+from apigate.http.headers import Headers, length_mask
 
 ORIGIN: Final = b"origin"
 REQUEST_METHOD: Final = b"access-control-request-method"
@@ -40,6 +40,7 @@ MAX_AGE: Final = b"access-control-max-age"
 VARY: Final = b"vary"
 VARY_ORIGIN: Final = (VARY, b"Origin")
 VARY_PREFLIGHT: Final = (VARY, b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
+_VARY_ONLY: Final = (VARY_ORIGIN,)
 UPSTREAM_CORS_FIELDS: Final = {
     ALLOW_ORIGIN,
     ALLOW_CREDENTIALS,
@@ -48,44 +49,52 @@ UPSTREAM_CORS_FIELDS: Final = {
     ALLOW_HEADERS,
     MAX_AGE,
 }
+UPSTREAM_CORS_MASK: Final = length_mask(frozenset(UPSTREAM_CORS_FIELDS))
 _CACHE_MAX = 1024  # origin decisions kept per policy
 
 
 class Policy:
-    """One `cors:` block, compiled: origin checks and the fixed response fields."""
+    """One `cors:` block, compiled: origin checks and the response fields, built once per origin."""
 
     def __init__(self, cfg: CorsConfig) -> None:
         self.any_origin = "*" in cfg.allow_origins
         self.exact = {o.lower().encode("latin-1") for o in cfg.allow_origins if not o.startswith("~")}
         self.patterns = [re.compile(o[1:]) for o in cfg.allow_origins if o.startswith("~")]
-        self.methods = frozenset(cfg.allow_methods)
         self.any_header = "*" in cfg.allow_headers
-        self.headers = frozenset(h.lower() for h in cfg.allow_headers)
         self.credentials = cfg.allow_credentials
         self.allow_methods = ", ".join(cfg.allow_methods).encode("ascii")
         self.allow_headers = ", ".join(cfg.allow_headers).encode("ascii")
         self.expose = ", ".join(cfg.expose_headers).encode("ascii")
         self.max_age = str(cfg.max_age_secs).encode("ascii")
-        self.known: dict[bytes, bool] = {}
+        # origin -> the fields an actual request from it gets (None: not allowed)
+        self.known: dict[bytes, tuple[tuple[bytes, bytes], ...] | None] = {}
 
     def allows(self, origin: bytes) -> bool:
-        known = self.known.get(origin)
-        if known is None:
-            lowered = origin.lower()
-            text = origin.decode("latin-1")
-            known = self.any_origin or lowered in self.exact or any(p.fullmatch(text) for p in self.patterns)
-            if len(self.known) >= _CACHE_MAX:
-                self.known.clear()
-            self.known[origin] = known
-        return known
+        return self.actual(origin) is not None
 
-    def actual_headers(self, origin: bytes) -> Headers:
-        out: Headers = [(ALLOW_ORIGIN, origin)]
-        if self.credentials:
-            out.append((ALLOW_CREDENTIALS, b"true"))
-        if self.expose:
-            out.append((EXPOSE_HEADERS, self.expose))
-        return out
+    def actual(self, origin: bytes) -> tuple[tuple[bytes, bytes], ...] | None:
+        """The fields an actual request from `origin` gets, or None when it is not allowed."""
+        try:
+            return self.known[origin]
+        except KeyError:
+            pass
+        text = origin.decode("latin-1")
+        allowed = (
+            self.any_origin or origin.lower() in self.exact or any(p.fullmatch(text) for p in self.patterns)
+        )
+        fields: tuple[tuple[bytes, bytes], ...] | None = None
+        if allowed:
+            out: Headers = [(ALLOW_ORIGIN, origin)]
+            if self.credentials:
+                out.append((ALLOW_CREDENTIALS, b"true"))
+            if self.expose:
+                out.append((EXPOSE_HEADERS, self.expose))
+            out.append(VARY_ORIGIN)
+            fields = tuple(out)
+        if len(self.known) >= _CACHE_MAX:
+            self.known.clear()
+        self.known[origin] = fields
+        return fields
 
     def preflight(self, origin: bytes, requested_headers: bytes | None) -> Headers:
         out: Headers = [(ALLOW_ORIGIN, origin)]
@@ -137,32 +146,42 @@ class CorsFilter(Filter):
             elif name == REQUEST_HEADERS:
                 asked_headers = value
         route = ctx.route
-        preflight = ctx.method == "OPTIONS" and asked is not None
+        if ctx.method == "OPTIONS" and asked is not None:
+            return self._preflight(ctx, route, origin, asked, asked_headers)
         if route is None:
-            if not preflight or origin is None:
+            return None
+        policy = self.policies[route.id]
+        drop = ctx.drop_response_fields
+        ctx.drop_response_fields = UPSTREAM_CORS_FIELDS if drop is None else drop | UPSTREAM_CORS_FIELDS
+        ctx.drop_response_mask |= UPSTREAM_CORS_MASK
+        fields = policy.actual(origin) if origin is not None else None
+        if fields is None:
+            fields = _VARY_ONLY
+        if ctx.response_headers:
+            ctx.response_headers.extend(fields)
+        else:
+            ctx.response_headers = list(fields)  # the shared empty default is never appended to
+        return None
+
+    def _preflight(
+        self,
+        ctx: RequestContext,
+        route: Route | None,
+        origin: bytes | None,
+        asked: bytes,
+        asked_headers: bytes | None,
+    ) -> RequestOutcome:
+        if route is None:
+            if origin is None:
                 return None
-            match = self.router.match(asked.decode("latin-1").strip(), ctx.path)  # type: ignore[union-attr]
+            match = self.router.match(asked.decode("latin-1").strip(), ctx.path)
             if type(match) is not tuple:
                 return None  # the preflight asks about nothing served here: 404/405 as usual
             route = match[0]
         policy = self.policies.get(route.id)
         if policy is None:
             return None
-        ctx.drop_response_fields = (
-            UPSTREAM_CORS_FIELDS
-            if ctx.drop_response_fields is None
-            else ctx.drop_response_fields | UPSTREAM_CORS_FIELDS
-        )
-        if preflight:
-            headers: Headers = [VARY_PREFLIGHT]
-            if origin is not None and policy.allows(origin):
-                headers += policy.preflight(origin, asked_headers)
-            return Response(204, headers)
+        headers: Headers = [VARY_PREFLIGHT]
         if origin is not None and policy.allows(origin):
-            for name, value in policy.actual_headers(origin):
-                ctx.add_response_header(name, value)
-        return None
-
-    def on_response(self, ctx: RequestContext, status: int, headers: Headers) -> None:
-        if ctx.route is not None and VARY_PREFLIGHT not in headers:  # a preflight says it already
-            headers.append(VARY_ORIGIN)
+            headers += policy.preflight(origin, asked_headers)
+        return Response(204, headers)

@@ -134,6 +134,17 @@ def _connection_named(headers: Headers) -> set[bytes] | None:
     return named
 
 
+def _drop_fields(lines: list[bytes], names: set[bytes], mask: int) -> list[bytes]:
+    """The upstream's serialized fields without those a filter named (lowercase names);
+    the list itself when none is there. A field whose name length no name has is passed
+    over without lowering it (`length_mask`), which is nearly every field."""
+    for i in range(0, len(lines), 4):
+        name = lines[i]
+        if mask >> len(name) & 1 and name.lower() in names:
+            return _drop_named(lines, names)
+    return lines
+
+
 # One freed instance is kept for the next request (compiled): per-request objects are
 # made and freed in turn, so most requests skip the allocator.
 @mypyc_attr(free_list_len=1)
@@ -213,8 +224,9 @@ class Exchange(ResponseSink):
         ctx = self.ctx
         now = _now()
         ctx.upstream_duration = now - ctx.start
-        if ctx.drop_response_fields is not None:
-            lines = _drop_named(lines, ctx.drop_response_fields)
+        drop = ctx.drop_response_fields
+        if drop is not None:
+            lines = _drop_fields(lines, drop, ctx.drop_response_mask)
         added: Headers = list(ctx.response_headers) if ctx.response_headers else []
         self.chain.run_response(ctx, status, added)
         for name, value in added:

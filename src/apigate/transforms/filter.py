@@ -22,17 +22,17 @@ from apigate.config.schema import TRANSFORM_TOKEN, Config, HeaderTransformConfig
 from apigate.gateway.clientip import ClientIp
 from apigate.gateway.filters import Filter, RequestContext, RequestOutcome
 from apigate.gateway.router import Route
-from apigate.http.headers import Headers
+from apigate.http.headers import Headers, length_mask
 
-Part = bytes | Callable[[RequestContext], bytes]
+Part = bytes | Callable[[RequestContext], bytes]  # a literal, or a per-request variable
 
 
 class Template:
     """A header value: literal pieces and per-request variables, joined per request."""
 
-    __slots__ = ("constant", "parts")
+    __slots__ = ("constant", "parts", "variable")
 
-    def __init__(self, text: str, variables: dict[str, Callable[[RequestContext], bytes]]) -> None:
+    def __init__(self, text: str, variables: dict[str, Part]) -> None:
         parts: list[Part] = []
         pos = 0
         for m in TRANSFORM_TOKEN.finditer(text):
@@ -44,38 +44,64 @@ class Template:
             pos = m.end()
         if text[pos:]:
             parts.append(text[pos:].encode("latin-1"))
-        self.parts = parts
-        self.constant: bytes | None = None
-        if all(isinstance(p, bytes) for p in parts):
-            self.constant = b"".join(p for p in parts if isinstance(p, bytes))
+        # Adjacent literals (a per-route variable is one) are joined once, here.
+        merged: list[Part] = []
+        for part in parts:
+            if isinstance(part, bytes) and merged and isinstance(merged[-1], bytes):
+                merged[-1] += part
+            else:
+                merged.append(part)
+        self.parts = merged
+        self.constant: bytes | None = None  # the value when it has no per-request variable
+        self.variable: Callable[[RequestContext], bytes] | None = None  # when it is one variable alone
+        if not merged:
+            self.constant = b""
+        elif len(merged) == 1:
+            only = merged[0]
+            if isinstance(only, bytes):
+                self.constant = only
+            else:
+                self.variable = only
 
     def render(self, ctx: RequestContext) -> bytes:
-        if self.constant is not None:
-            return self.constant
-        return b"".join(p if isinstance(p, bytes) else p(ctx) for p in self.parts)
+        if self.variable is not None:
+            return self.variable(ctx)
+        return b"".join([p if isinstance(p, bytes) else p(ctx) for p in self.parts])
 
 
 class Transform:
-    """One direction's set/add/remove, compiled: names lowercased, values as templates."""
+    """One direction's set/add/remove, compiled: names lowercased, values as templates;
+    the fields whose value is the same on every request are rendered once."""
 
-    __slots__ = ("adds", "drop")
+    __slots__ = ("adds", "constant", "drop", "mask")
 
-    def __init__(
-        self, cfg: HeaderTransformConfig, variables: dict[str, Callable[[RequestContext], bytes]]
-    ) -> None:
+    def __init__(self, cfg: HeaderTransformConfig, variables: dict[str, Part]) -> None:
         self.drop = {n.lower().encode("latin-1") for n in (*cfg.set, *cfg.remove)}
-        self.adds = [
+        self.mask = length_mask(frozenset(self.drop))
+        adds = [
             (n.lower().encode("latin-1"), Template(v, variables))
             for n, v in (*cfg.set.items(), *cfg.add.items())
         ]
+        self.constant: Headers = [(n, t.constant) for n, t in adds if t.constant is not None]
+        self.adds = [(n, t) for n, t in adds if t.constant is None]
 
     def apply(self, ctx: RequestContext, headers: Headers) -> Headers:
-        """`headers` without the dropped fields, plus the rendered ones (a new list)."""
-        drop = self.drop
-        out = [h for h in headers if h[0] not in drop] if drop else list(headers)
+        """`headers` without the dropped fields, plus the rendered ones: a new list when a
+        field had to go, else `headers` itself, extended (nearly always: a client rarely
+        sends the fields a route sets)."""
+        drop, mask = self.drop, self.mask
+        for name, _ in headers:
+            if mask >> len(name) & 1 and name in drop:  # most names are ruled out by length
+                out = [h for h in headers if h[0] not in drop]
+                self.extend(ctx, out)
+                return out
+        self.extend(ctx, headers)
+        return headers
+
+    def extend(self, ctx: RequestContext, out: Headers) -> None:
+        out.extend(self.constant)
         for name, template in self.adds:
             out.append((name, template.render(ctx)))
-        return out
 
 
 class HeaderTransformFilter(Filter):
@@ -84,50 +110,55 @@ class HeaderTransformFilter(Filter):
 
     def __init__(self, cfg: Config) -> None:
         self.client_ip = ClientIp(cfg.server.trusted_proxies)
-        variables: dict[str, Callable[[RequestContext], bytes]] = {
-            "client_ip": self._client_ip,
-            "request_id": _request_id,
-            "route_id": _route_id,
-            "user": _user,
-        }
-        self.request: dict[str, Transform] = {}
-        self.response: dict[str, Transform] = {}
+        # Per route: (request transform, response transform), either None.
+        self.routes: dict[str, tuple[Transform | None, Transform | None]] = {}
         for route in cfg.routes:
-            if route.request_headers is not None:
-                self.request[route.id] = Transform(route.request_headers, variables)
-            if route.response_headers is not None:
-                self.response[route.id] = Transform(route.response_headers, variables)
+            if route.request_headers is None and route.response_headers is None:
+                continue
+            variables: dict[str, Part] = {
+                "client_ip": self._client_ip if cfg.server.trusted_proxies else _peer_ip,
+                "request_id": _request_id,
+                "route_id": route.id.encode("latin-1"),  # fixed per route: rendered once
+                "user": _user,
+            }
+            request = Transform(route.request_headers, variables) if route.request_headers else None
+            response = Transform(route.response_headers, variables) if route.response_headers else None
+            self.routes[route.id] = (request, response)
 
     def _client_ip(self, ctx: RequestContext) -> bytes:
         return self.client_ip.resolve(ctx.client_ip, ctx.cycle.headers).encode("latin-1")
 
     def applies_to(self, route: Route | None) -> bool:
-        return route is not None and (route.id in self.request or route.id in self.response)
+        return route is not None and route.id in self.routes
 
     def on_request(self, ctx: RequestContext) -> RequestOutcome:
-        route_id = ctx.route.id  # type: ignore[union-attr]  # applies_to: always a route
-        response = self.response.get(route_id)
+        request, response = self.routes[ctx.route.id]  # type: ignore[union-attr]  # applies_to: a route
         if response is not None and response.drop:
-            ctx.drop_response_fields = response.drop  # the upstream's own copies
-        request = self.request.get(route_id)
+            drop = ctx.drop_response_fields  # the upstream's own copies go too
+            ctx.drop_response_fields = response.drop if drop is None else drop | response.drop
+            ctx.drop_response_mask |= response.mask
         if request is not None:
-            ctx.cycle.headers = request.apply(ctx, ctx.cycle.headers)
+            cycle = ctx.cycle
+            cycle.headers = request.apply(ctx, cycle.headers)  # the listener's list: this request's own
         return None
 
     def on_response(self, ctx: RequestContext, status: int, headers: Headers) -> None:
-        response = self.response.get(ctx.route.id)  # type: ignore[union-attr]
+        response = self.routes[ctx.route.id][1]  # type: ignore[union-attr]
         if response is not None:
             # `headers` is what the gateway adds (and, on a local reply, all of them).
-            headers[:] = response.apply(ctx, headers)
+            result = response.apply(ctx, headers)
+            if result is not headers:
+                headers[:] = result
 
 
 def _request_id(ctx: RequestContext) -> bytes:
     return ctx.request_id_b
 
 
-def _route_id(ctx: RequestContext) -> bytes:
-    return ctx.route.id.encode("latin-1") if ctx.route is not None else b""
-
-
 def _user(ctx: RequestContext) -> bytes:
     return ctx.user.encode("latin-1", "replace") if ctx.user is not None else b""
+
+
+def _peer_ip(ctx: RequestContext) -> bytes:
+    """`$client_ip` without trusted proxies: the socket peer, as the listener encoded it."""
+    return ctx.cycle.proto.client_ip_b
