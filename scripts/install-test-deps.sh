@@ -8,6 +8,11 @@
 #   amtool        (prometheus-alertmanager)  checks the Alertmanager config
 #   chromium      (chromium)                 a real browser applying CORS (tests/integration/test_traffic_cors.py)
 #   chromedriver  (chromium-driver)          drives it through selenium
+#   the linter shellcheck (shellcheck)       checks every script in scripts/ (tests/deploy)
+#
+# And kubectl (`kubectl kustomize` renders deploy/k8s offline, tests/deploy), which Debian
+# does not ship in a usable version (kubernetes-client is 1.20, without kustomize v5): it
+# must come from the Kubernetes apt repository; this script only says so when it is missing.
 #
 # As root: apt-get installs what is missing (services are not started by the install).
 # Not root: prints what to install; exits non-zero when CI=true (nothing may be skipped in CI),
@@ -21,6 +26,7 @@ TOOLS=(
   "wrk wrk /usr/bin/wrk"
   "promtool prometheus /usr/bin/promtool"
   "amtool prometheus-alertmanager /usr/bin/amtool"
+  "shellcheck shellcheck /usr/bin/shellcheck"
   "chromium chromium /usr/bin/chromium"
   "chromedriver chromium-driver /usr/bin/chromedriver"
 )
@@ -44,8 +50,16 @@ for entry in "${TOOLS[@]}"; do
   fi
 done
 
+if ! have kubectl /usr/bin/kubectl /usr/local/bin/kubectl; then
+  echo "kubectl is missing: install it from the Kubernetes apt repository (package kubectl)" >&2
+  if [ "${CI:-}" = "true" ]; then
+    echo "CI=true: refusing to run the suite without kubectl" >&2
+    exit 1
+  fi
+fi
+
 if [ ${#missing_pkgs[@]} -eq 0 ]; then
-  echo "test tools: all present (redis-server nginx wrk promtool amtool chromium chromedriver)"
+  echo "test tools: all present (redis-server nginx wrk promtool amtool shellcheck chromium chromedriver)"
   exit 0
 fi
 

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The fuzzers (tests/integration/test_fuzz.py, tests/unit/test_config_fuzz.py): a few
+# thousand cases in all by default, `APIGATE_FUZZ_EXAMPLES` per fuzzer for more
+# (docs/SECURITY.md). No example database: every run draws new cases.
+settings.register_profile(
+    "apigate",
+    max_examples=int(os.environ.get("APIGATE_FUZZ_EXAMPLES", "1000")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile("apigate")
 
 
 @dataclass(frozen=True)
@@ -54,3 +70,12 @@ def make_self_signed(directory: Path) -> TlsFiles:
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     """A throwaway self-signed certificate and key (plus a mismatched key) for TLS tests."""
     return make_self_signed(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_garbage_per_module() -> Iterator[None]:
+    """Free each module's leftovers before the next module runs: a socket or connection a
+    test forgot to close then warns (an error under filterwarnings=error) in the module
+    that leaked it, not in whichever later test happens to trigger the collection."""
+    yield
+    gc.collect()

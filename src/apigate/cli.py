@@ -19,6 +19,7 @@ from apigate.auth.cli import add_commands as add_auth_commands
 from apigate.config import ConfigError, load_config, summarize
 from apigate.config.schema import Config
 from apigate.logs import events
+from apigate.ops.cli import add_commands as add_ops_commands
 
 EXIT_CONFIG = 2
 DEFAULT_DEMO_CONFIG = "examples/quickstart.yaml"
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p, DEFAULT_DEMO_CONFIG)
     p.add_argument("--upstream-port", type=int, default=8081, help="demo upstream port (default 8081)")
     add_auth_commands(sub, _add_config)  # token, session create|revoke
+    add_ops_commands(sub)  # backup, restore, diagnose, capacity: ops(args), no config file
     return parser
 
 
@@ -188,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_serve(args.config)
     if args.command == "demo":
         return cmd_demo(args.config, args.upstream_port)
+    if (ops := getattr(args, "ops", None)) is not None:
+        return int(ops(args))
     run = getattr(args, "run", None)
     if run is not None:  # commands registered by packages: run(cfg, args)
         cfg = _load(args.config)

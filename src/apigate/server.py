@@ -110,6 +110,7 @@ def server_limits(cfg: Config) -> Limits:
         request_timeout=s.request_timeout_secs,
         max_header_bytes=s.max_header_bytes,
         max_body_bytes=s.max_body_bytes,
+        allow_underscores=s.allow_underscores_in_headers,
     )
 
 
@@ -129,6 +130,7 @@ class Server:
         self.app = App(
             cfg.routes, filters, self.pools, self.health.answer, cfg.server.websocket_idle_timeout_secs
         )
+        self.state.on_rejected = self.app.rejected
         self.logs: Pipeline | None = None  # built in start(): it needs the worker's loop
         self.telemetry = Telemetry(cfg, self.state, self.health, self.app.filters, lambda: self.logs)
         self.servers: list[asyncio.Server] = []

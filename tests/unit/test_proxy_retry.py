@@ -90,3 +90,27 @@ async def test_non_idempotent_request_is_not_retried_and_gets_502() -> None:
     assert response.status == 502 and response.json()["error"] == "upstream_unavailable"
     # A POST that may have reached the upstream is never sent twice.
     assert net_loop().transports == []
+
+
+@run_in_loop
+async def test_a_proxied_request_leaves_no_reference_cycle() -> None:
+    """A finished request is freed by reference counting: an object cycle left behind
+    (a callback bound to the exchange kept on the listener's cycle) makes the cyclic GC
+    run every few hundred requests, ~10 % of the data plane's instructions."""
+    import gc
+
+    server, client, pooled = gateway_with_stale_connection()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            client.protocol.data_received(b"GET /api/users HTTP/1.1\r\nHost: gw\r\n\r\n")
+            assert pooled.take().startswith(b"GET /api/users")
+            pooled.protocol.data_received(OK_FRESH)
+            await settle()
+        answered = client.take()
+        assert gc.collect() == 0, "per-request objects were only freed by the cyclic GC"
+    finally:
+        gc.enable()
+    assert [r.status for r in parse_responses(answered)] == [200] * 50
+    assert server.pools["u"].idle == [pooled.protocol]

@@ -18,9 +18,7 @@ from typing import Any
 
 from apigate.auth import reasons
 from apigate.auth.reasons import AuthFailure
-from apigate.http.headers import Headers
-
-X_USER_ID = b"x-user-id"
+from apigate.http.headers import X_USER_ID, Headers
 
 
 class Verified:
@@ -48,13 +46,14 @@ def verified(
 ) -> Verified:
     """A Verified for claims that passed verification; `now` is request-clock time, `wall` epoch time.
 
-    `sub` must be a string fit for a header (no control characters) or absent; a claim
+    `sub` must be a non-empty string fit for a header (no control characters) or absent; a claim
     header whose value is not fit for a header is left out rather than sent broken.
     """
     sub = claims.get("sub")
     headers: Headers = []
     if sub is not None:
-        if not isinstance(sub, str) or not _header_safe(sub):
+        # An empty sub is no identity: an upstream must never get an empty X-User-ID.
+        if not isinstance(sub, str) or not sub or not _header_safe(sub):
             raise AuthFailure(reasons.MALFORMED)
         headers.append((X_USER_ID, sub.encode()))
     for name, claim in claim_headers.items():

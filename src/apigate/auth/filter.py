@@ -19,19 +19,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Iterator
-from pathlib import Path
 
 from apigate.auth import reasons
-from apigate.auth.cache import X_USER_ID, ClaimsCache, Verified, verified
+from apigate.auth.cache import ClaimsCache, Verified, verified
 from apigate.auth.jwks import JwksKeySet
 from apigate.auth.jwt import MAX_TOKEN_BYTES, JwtVerifier, Key, unverified_kid
 from apigate.auth.reasons import AuthFailure
 from apigate.auth.sessions import Claims, SessionStore, open_session_store
+from apigate.config.files import MAX_PEM_BYTES, read_bounded
 from apigate.config.jwt_keys import hmac_secret_is_short, is_hmac, load_public_key
 from apigate.config.schema import AuthConfig, Config, RouteConfig
 from apigate.gateway.filters import Filter, RequestContext, RequestOutcome, Response, Sample
 from apigate.gateway.router import Route
 from apigate.http.errors import error_body, error_headers
+from apigate.http.headers import X_USER_ID
 from apigate.logs import events
 from apigate.telemetry.names import AUTH_FAILURES_TOTAL
 
@@ -94,7 +95,9 @@ class AuthFilter(Filter):
                     length=len(self.key),
                 )
         elif auth.jwt_public_key_path:
-            self.key = load_public_key(Path(auth.jwt_public_key_path).read_bytes(), auth.jwt_algorithm)
+            self.key = load_public_key(
+                read_bounded(auth.jwt_public_key_path, MAX_PEM_BYTES), auth.jwt_algorithm
+            )
         else:
             assert auth.jwks_url is not None  # config checks require a key path or a JWKS URL
             if jwks is None:

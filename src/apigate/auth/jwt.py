@@ -10,6 +10,7 @@ without one unless told otherwise. Every PyJWT error maps to one reason (reasons
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from typing import Any
@@ -25,6 +26,15 @@ from apigate.config.schema import AuthConfig
 # Far above any real token (a few hundred bytes to a few KiB), far below what would make
 # base64 and JSON decoding a cost an attacker could lean on.
 MAX_TOKEN_BYTES = 8192
+
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def is_numeric_date(value: object) -> bool:
+    """RFC 7519 §2 NumericDate: a JSON number of seconds (not a string, boolean or list),
+    finite."""
+    return type(value) is int or (type(value) is float and math.isfinite(value))
+
 
 _MISSING_CLAIM = {"iss": reasons.BAD_ISSUER, "aud": reasons.BAD_AUDIENCE}
 
@@ -70,10 +80,14 @@ class JwtVerifier:
             raise AuthFailure(reasons.BAD_AUDIENCE) from None
         except jwt.MissingRequiredClaimError as e:
             raise AuthFailure(_MISSING_CLAIM.get(e.claim, reasons.MALFORMED)) from None
-        except (jwt.PyJWTError, ValueError, TypeError):
+        except (jwt.PyJWTError, ValueError, TypeError, ArithmeticError):
+            # ArithmeticError: PyJWT's int() of an `exp: 1e400` (JSON reads it as inf).
             raise AuthFailure(reasons.MALFORMED) from None
 
     def _decode(self, token: str, key: Key) -> dict[str, Any]:
+        # The signature first (so an unsigned token costs no more than that), then the
+        # time claims' types before PyJWT reads them: it takes int(x), so `"exp": "99999"`
+        # or `"iat": true` passed as numbers.
         claims: dict[str, Any] = self._jwt.decode(
             token,
             key,
@@ -82,6 +96,9 @@ class JwtVerifier:
             audience=self._audience,
             leeway=self._leeway,
         )
+        for name in _TIME_CLAIMS:
+            if name in claims and not is_numeric_date(claims[name]):
+                raise AuthFailure(reasons.MALFORMED)
         return claims
 
 

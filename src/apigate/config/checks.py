@@ -16,8 +16,10 @@ the values themselves are kept as written.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
 import ssl
 from collections.abc import Iterator
 from typing import Any, TypeVar
@@ -25,13 +27,29 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from apigate.config.errors import KeyPath, Problem
+from apigate.config.files import MAX_PEM_BYTES, read_bounded, reason
 from apigate.config.plugins import PluginImportError, config_model, import_plugin
-from apigate.config.schema import HTTP_METHODS, AuthConfig, Config, ObservabilityConfig, ServerConfig
+from apigate.config.schema import (
+    HTTP_METHODS,
+    AuthConfig,
+    Config,
+    ObservabilityConfig,
+    ServerConfig,
+    check_bind_address,
+)
 from apigate.config.yamlpos import Document
 
 T = TypeVar("T")
 _PARAM = re.compile(r"\{[^/{}]*\}")
 _WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def cross_check(data: object, doc: Document, base_dir: str) -> list[Problem]:
@@ -44,6 +62,7 @@ def cross_check(data: object, doc: Document, base_dir: str) -> list[Problem]:
     c.route_upstreams()
     c.ambiguous_routes()
     c.metrics_port()
+    c.bind_addresses()
     c.tls()
     c.upstream_cas()
     c.auth()
@@ -206,6 +225,24 @@ class _Checker:
                 f"server.port and observability.metrics_port are both {port}; each listener needs its own",
             )
 
+    def bind_addresses(self) -> None:
+        """A host name the listener could not bind (it does not resolve) fails `serve`:
+        `check` says so first. A port in use is only known when binding (`serve`)."""
+        server, obs = self.section("server"), self.section("observability")
+        for section, key in ((server, "bind_address"), (obs, "metrics_bind_address")):
+            value = section.get(key)
+            if not isinstance(value, str) or not value or _is_ip(value):
+                continue
+            try:
+                check_bind_address(value)
+            except ValueError:
+                continue  # the schema reports it
+            try:
+                socket.getaddrinfo(value, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            except (OSError, UnicodeError) as e:
+                where = "server" if section is server else "observability"
+                self.add((where, key), f"'{value}' does not resolve to an address to bind ({e})")
+
     # ------------------------------------------------------------------ files
     def resolve(self, value: str) -> str:
         return value if os.path.isabs(value) else os.path.join(self.base_dir, value)
@@ -217,10 +254,9 @@ class _Checker:
         name = self.resolve(value)
         shown = value if name == value else f"{value} (resolved to {name})"
         try:
-            with open(name, "rb") as f:
-                f.read(1)
+            read_bounded(name, MAX_PEM_BYTES)
         except OSError as e:
-            self.add(path, f"cannot read {shown}: {e.strerror or e}")
+            self.add(path, f"cannot read {shown}: {reason(e)}")
             return None
         return name
 
@@ -319,7 +355,8 @@ class _Checker:
                 from apigate.config.jwt_keys import load_public_key
 
                 try:
-                    with open(name, "rb") as f:
-                        load_public_key(f.read(), alg)
+                    load_public_key(read_bounded(name, MAX_PEM_BYTES), alg)
+                except OSError as e:
+                    self.add(path, f"cannot read {auth['jwt_public_key_path']}: {reason(e)}")
                 except ValueError as e:
                     self.add(path, f"{e} ({auth['jwt_public_key_path']})")

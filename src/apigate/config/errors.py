@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 KeyPath = tuple[str | int, ...]
 """A position in the document: ``("routes", 0, "upstream_id")``."""
@@ -116,5 +117,11 @@ def render(filename: str, problems: Iterable[Problem], secrets: Iterable[str] = 
         message = p.message
         for s in scrub:  # the message only: a weak secret like "secret" must not mangle a key path
             message = message.replace(s, "***")
-        lines.append(f"{where}: {message}")
+        lines.append(f"{where}: {message}".translate(_ONE_LINE))
     return lines
+
+
+# A value quoted in a message (a file name with a newline, a key with a tab) must not break
+# the one-line-per-problem promise, nor write control characters to a terminal (found by
+# fuzzing the loader).
+_ONE_LINE: Final = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from apigate.config.checks import cross_check
 from apigate.config.envsubst import expand_env
 from apigate.config.errors import ConfigError, Problem, render
+from apigate.config.files import MAX_CONFIG_BYTES, read_bounded, reason
 from apigate.config.schema import Config
 from apigate.config.validation import schema_problems
 from apigate.config.yamlpos import parse_yaml
@@ -36,10 +37,9 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     """
     name = os.fspath(path)
     try:
-        with open(name, "rb") as f:
-            raw = f.read()
+        raw = read_bounded(name, MAX_CONFIG_BYTES)
     except OSError as e:
-        raise ConfigError([f"{name}: cannot read: {e.strerror or e}"]) from None
+        raise ConfigError([f"{name}: cannot read: {reason(e)}"]) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -34,6 +34,23 @@ def _redis_scheme(v: str) -> str:
     return v
 
 
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def check_bind_address(v: str) -> str:
+    """An IP address or a host name (RFC 1123); whether a name resolves is checked by
+    `apigate check` (config/checks.py), whether the port is free only when serving."""
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        if not _HOSTNAME.match(v):
+            raise ValueError(f"'{v}' is not an IP address or a host name") from None
+    return v
+
+
+BindAddress = Annotated[str, AfterValidator(check_bind_address)]
 RedisUrl = Annotated[str, AfterValidator(_redis_scheme)]  # sessions' and rate limiting's Redis
 LogLevel = Literal["DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL"]
 
@@ -80,7 +97,7 @@ class TlsConfig(Section):
 
 
 class ServerConfig(Section):
-    bind_address: str = Field("0.0.0.0", description="Address the proxy listener binds.")
+    bind_address: BindAddress = Field("0.0.0.0", description="Address the proxy listener binds.")
     port: Port = Field(8080, description="Port of the proxy listener.")
     workers: int = Field(1, ge=1, le=256, description="Worker processes sharing the port (SO_REUSEPORT).")
     max_connections: int = Field(
@@ -108,6 +125,10 @@ class ServerConfig(Section):
         default_factory=list, description="CIDRs whose X-Forwarded-For is believed for the client ip."
     )
     tls: TlsConfig | None = Field(None, description="Serve HTTPS on the proxy listener.")
+    allow_underscores_in_headers: bool = Field(
+        False,
+        description="Forward request headers whose name has '_' (false: dropped, as nginx does).",
+    )
 
 
 # ----------------------------------------------------------------------------- logging
@@ -224,7 +245,7 @@ class TracingConfig(Section):
 class ObservabilityConfig(Section):
     metrics_enabled: bool = Field(True, description="Serve Prometheus /metrics on metrics_port.")
     metrics_port: Port = Field(9090, description="Port of the metrics and health listener.")
-    metrics_bind_address: str | None = Field(
+    metrics_bind_address: BindAddress | None = Field(
         None, description="Address of that listener (default: bind_address)."
     )
     health_checks: HealthChecksConfig = Field(
@@ -611,6 +632,10 @@ class RouteConfig(Section):
     ip_deny: Networks = Field(
         default_factory=list,
         description="Client addresses/CIDRs refused on this route, besides the top-level ip_deny.",
+    )
+    keep_encoded_slashes: bool = Field(
+        False,
+        description="Forward paths with %2F, %5C or '\\' (false: 400) if decoded they match this route too.",
     )
 
     _id = field_validator("id")(_check_id)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from apigate.config.schema import RouteConfig
 from apigate.gateway.correlation import CorrelationFilter
 from apigate.gateway.filters import Filter, FilterChain, RequestContext, Response, finish
-from apigate.gateway.paths import split_target
+from apigate.gateway.paths import decoded_slashes, split_target
 from apigate.gateway.proxy import Proxy
-from apigate.gateway.router import Match, NoMatch, Router
+from apigate.gateway.router import Match, NoMatch, Route, Router
 from apigate.gateway.tunnel import Tunnels, refuse, wants_websocket
 from apigate.http.client import UpstreamError, UpstreamPool
 from apigate.http.errors import error_body, error_headers, json_headers
@@ -28,6 +28,14 @@ from apigate.logs import events
 
 if TYPE_CHECKING:
     from apigate.http.server import RequestCycle
+
+_BAD_TARGET: Final = NoMatch((), "bad_request", "The request target is not a path.")
+_ESCAPED_SLASH: Final = NoMatch(
+    (),
+    "bad_request",
+    "The path contains an encoded '/' or '\\', or a dot-segment with parameters"
+    " (docs/SECURITY.md, path policy).",
+)
 
 LocalAnswers = Callable[[str], "tuple[int, bytes] | None"]
 """Answers the gateway gives itself for a path no route serves (the health endpoints):
@@ -61,15 +69,19 @@ class App:
     def handle(self, cycle: RequestCycle) -> None:
         """Called by the listener for each request; every path ends in `finish(ctx)`."""
         target = split_target(cycle.target)
+        match: Match | NoMatch
         if target is None:
+            # Logged and counted like any answer: the path as it came, bounded.
             cycle.keep_alive = False
-            status, body = error_body("bad_request", None, "The request target is not a path.")
-            cycle.send_response(status, error_headers(), body)
-            cycle.complete()
-            return
-        path, query = target
-        ctx = RequestContext(cycle, path, query, cycle.start)
-        match = self.router.match(cycle.method, path)
+            raw, _, rest = cycle.target[:1024].partition(b"?")
+            ctx = RequestContext(cycle, raw.decode("latin-1"), b"?" + rest if rest else b"", cycle.start)
+            match = _BAD_TARGET
+        else:
+            path, query, ambiguous = target
+            ctx = RequestContext(cycle, path, query, cycle.start)
+            match = self.router.match(cycle.method, path)
+            if ambiguous:
+                match = self._escaped(cycle.method, path, match)
         if type(match) is tuple:
             route = match[0]
             ctx.route = route
@@ -79,6 +91,8 @@ class App:
             ctx.pool = self.route_pools[route.index]
         else:
             ctx.chain = chain = self.unmatched_chain
+        if cycle.dropped_header is not None:
+            self._dropped(ctx, cycle.dropped_header)
         outcome = chain.start_request(ctx)
         if outcome is None:
             self._dispatch(ctx, match)
@@ -101,7 +115,41 @@ class App:
             self.proxy.start(ctx, path.encode("latin-1"))
         else:
             assert isinstance(match, NoMatch)
-            self._reply(ctx, self._local(ctx, match.allow))
+            if match.error is not None:
+                status, body = error_body(match.error, ctx.request_id, match.message)
+                self._reply(ctx, Response(status, error_headers(), body, match.error))
+            else:
+                self._reply(ctx, self._local(ctx, match.allow))
+
+    def _dropped(self, ctx: RequestContext, name: bytes) -> None:
+        """server.allow_underscores_in_headers is false: say so at DEBUG (nginx logs nothing,
+        which makes a vanished header hard to explain)."""
+        events.emit(
+            "DEBUG",
+            "gateway",
+            "header_dropped",
+            "A request header with '_' in its name was dropped (server.allow_underscores_in_headers)",
+            header=name[:64].decode("latin-1"),
+            path=ctx.path,
+        )
+
+    def _escaped(self, method: str, path: str, match: Match | NoMatch) -> Match | NoMatch:
+        """The path policy for an encoded slash (docs/SECURITY.md): refused, unless the
+        route keeps them (`keep_encoded_slashes`) and the path, decoded and normalised as
+        an upstream might, would still reach the same route. Only then is it forwarded
+        as it came (Envoy's path_with_escaped_slashes_action, KEEP_UNCHANGED per route)."""
+        if type(match) is not tuple:
+            return _ESCAPED_SLASH
+        route: Route = match[0]
+        if not route.config.keep_encoded_slashes:
+            return _ESCAPED_SLASH
+        decoded = decoded_slashes(path)
+        if decoded is None:
+            return _ESCAPED_SLASH
+        again = self.router.match(method, decoded)
+        if type(again) is not tuple or again[0] is not route:
+            return _ESCAPED_SLASH
+        return match
 
     def _wait(self, ctx: RequestContext, match: Match | NoMatch, outcome: Awaitable[Response | None]) -> None:
         """A filter must wait: the chain resumes from the done-callback of one future.
@@ -158,6 +206,19 @@ class App:
                 "method_not_allowed", ctx, [(b"allow", ", ".join(allow).encode("ascii"))]
             )
         return Response.error_reply("not_found", ctx)
+
+    def rejected(self, cycle: RequestCycle, code: str) -> None:
+        """The listener answered on its own (`ServerState.on_rejected`: a malformed head,
+        431, 408, 503 overloaded): record it like any answer, route `unmatched`, through
+        the `on_complete` filters (metrics, the access event). The listener has already
+        answered and closes the connection; nothing here writes or completes the cycle."""
+        raw, _, rest = cycle.target[:1024].partition(b"?")
+        ctx = RequestContext(cycle, raw.decode("latin-1") or "-", b"?" + rest if rest else b"", cycle.start)
+        ctx.chain = chain = self.unmatched_chain
+        ctx.status = cycle.status
+        ctx.error = code
+        ctx.completed = True
+        chain.run_complete(ctx)
 
     def _reply(self, ctx: RequestContext, reply: Response) -> None:
         """Answer locally (an error or a filter's reply), through the response filters."""

@@ -33,20 +33,16 @@ from apigate.http.client import (
     _drop_named,
 )
 from apigate.http.headers import (
-    CONNECTION,
     CONTENT_LENGTH,
     EXPECT,
     GATEWAY_SET_REQUEST,
     HOP_BY_HOP,
     HOST,
-    TRIVIAL_CONNECTION_TOKENS,
     X_FORWARDED_FOR,
     X_USER_ID,
     Headers,
     chunk_size_line,
-    connection_tokens,
     content_length_line,
-    names_other_fields,
 )
 
 if TYPE_CHECKING:
@@ -90,14 +86,8 @@ def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: b
                     out.append(b"x-user-id: ")
                     out.append(value)
                     out.append(b"\r\n")
-            elif name == CONNECTION and names_other_fields(value):
-                # Connection names more hop-by-hop fields (rare): drop them and start over.
-                named = _connection_named(headers)
-                if named:
-                    # Connection goes too: the rebuilt head would find it again and
-                    # recurse until RecursionError (a 500 for any such request).
-                    cycle.headers = [(n, v) for n, v in headers if n not in named and n != CONNECTION]
-                    return build_request_head(ctx, pool, upstream_path)
+            # The fields a Connection header names were already dropped by the listener,
+            # before any filter added its own (http/server.py, on_headers_complete).
             continue
         out.append(name)
         out.append(b": ")
@@ -121,17 +111,6 @@ def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: b
             out.append(b"transfer-encoding: chunked\r\n")
     out.append(b"\r\n")
     return b"".join(out)
-
-
-def _connection_named(headers: Headers) -> set[bytes] | None:
-    """Fields a Connection header names as hop-by-hop (beyond keep-alive/close)."""
-    named: set[bytes] | None = None
-    for name, value in headers:
-        if name == CONNECTION:
-            tokens = connection_tokens(value) - TRIVIAL_CONNECTION_TOKENS
-            if tokens:
-                named = tokens if named is None else named | tokens
-    return named
 
 
 def _drop_fields(lines: list[bytes], names: set[bytes], mask: int) -> list[bytes]:
@@ -363,8 +342,8 @@ class Proxy:
         cycle = ctx.cycle
         error: UpstreamError | None = None
         if cycle.timed_out:
-            ctx.error = "upstream_timeout" if cycle.request_complete else "request_timeout"
-            if cycle.request_complete:
+            ctx.error = code = cycle.timeout_code()
+            if code == "upstream_timeout":
                 error = UpstreamTimeout("the upstream did not answer in time")
         self.finished(ctx, error)
 
@@ -433,7 +412,13 @@ class Proxy:
                         else:
                             sent_size += len(chunk)
                         if conn.write_paused:
+                            # The upstream is not taking the body: from here it has
+                            # timeout_secs to take more, and a timeout is its fault (504).
+                            cycle.upstream_blocked = True
+                            cycle.set_deadline(loop.time() + timeout, exchange.on_deadline)
                             await conn.drain()
+                            cycle.upstream_blocked = False
+                            cycle.handler_deadline = 0.0
                     if not waiter.done() and not exchange.got_head:
                         cycle.set_deadline(loop.time() + timeout, exchange.on_deadline)
                 await waiter

@@ -76,9 +76,12 @@ _NO_PARAMS: Final[dict[str, str]] = {}  # shared by every exact match; never mut
 
 @dataclass(frozen=True)
 class NoMatch:
-    """404 when `allow` is empty, else 405 with these methods."""
+    """404 when `allow` is empty, else 405 with these methods; or, with `error`, the
+    request is refused before routing (that error code, with `message`)."""
 
     allow: tuple[str, ...]
+    error: str | None = None
+    message: str | None = None
 
 
 _NO_ROUTE: Final = NoMatch(())

@@ -325,7 +325,10 @@ class UpstreamConnection:
 
     def on_body(self, body: bytes) -> None:
         sink = self.sink
-        if sink is not None:
+        # got_head: llhttp reads a body for an interim 1xx that declares a length (found by
+        # the fuzzer: `104` + `Content-Length: 2`); those bytes reached the client before
+        # any status line.
+        if sink is not None and self.got_head:
             sink.on_upstream_body(body)
 
     def on_message_complete(self) -> None:

@@ -34,6 +34,8 @@ ERRORS: Final[dict[str, tuple[int, str]]] = {
     "rate_limit_unavailable": (503, "The rate-limit store is unavailable."),
     "auth_unavailable": (503, "The session store or the identity provider's keys are unavailable."),
     "upstream_timeout": (504, "The upstream service did not answer in time."),
+    "not_implemented": (501, "The request's transfer coding is not supported."),
+    "http_version_not_supported": (505, "Only HTTP/1.0 and HTTP/1.1 are served."),
 }
 
 JSON_CONTENT_TYPE: Final = (b"content-type", b"application/json")

@@ -39,10 +39,6 @@ X_REQUEST_ID: Final = b"x-request-id"
 X_FORWARDED_FOR: Final = b"x-forwarded-for"
 X_FORWARDED_PROTO: Final = b"x-forwarded-proto"
 X_FORWARDED_HOST: Final = b"x-forwarded-host"
-# Who the gateway authenticated: sent upstream only with the identity a filter established
-# (`RequestContext.user`), never as a client wrote it, whether or not auth is configured.
-X_USER_ID: Final = b"x-user-id"
-
 # Headers the gateway itself sets on the upstream request; a client's copies are dropped
 # so a client cannot forge them (X-Forwarded-For is appended to, not replaced).
 GATEWAY_SET_REQUEST: Final[frozenset[bytes]] = frozenset(
@@ -50,6 +46,18 @@ GATEWAY_SET_REQUEST: Final[frozenset[bytes]] = frozenset(
 )
 
 MAX_REQUEST_ID_CHARS: Final = 128
+
+# Names a client's Connection header may not remove (RFC 9110 §7.6.1 lets it name any
+# field): the authority, the correlation id, the forwarding chain and the identity the
+# gateway vouches for. Naming them is ignored; every other named field is dropped from
+# what the client sent before the gateway adds its own headers.
+# X-User-ID goes upstream only with the identity a filter established (`RequestContext.user`),
+# never as a client wrote it, whether or not auth is configured (gateway/proxy.py).
+X_USER_ID: Final = b"x-user-id"
+CONNECTION_PROTECTED: Final[frozenset[bytes]] = frozenset(
+    {HOST, X_REQUEST_ID, X_USER_ID, CONTENT_LENGTH, TRANSFER_ENCODING}
+)
+X_FORWARDED_PREFIX: Final = b"x-forwarded-"
 
 
 def length_mask(names: frozenset[bytes]) -> int:
@@ -137,6 +145,64 @@ def parse_length(value: bytes) -> int:
 def connection_tokens(value: bytes) -> set[bytes]:
     """The lowercase option names in a Connection header value (RFC 9110 §7.6.1)."""
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+def connection_named(values: list[bytes]) -> frozenset[bytes]:
+    """The fields the Connection header values name for removal (hop-by-hop beyond
+    keep-alive/close), without the protected ones a client may not remove."""
+    named: set[bytes] = set()
+    for value in values:
+        named |= connection_tokens(value)
+    return frozenset(
+        n
+        for n in named
+        if n not in TRIVIAL_CONNECTION_TOKENS
+        and n not in CONNECTION_PROTECTED
+        and not n.startswith(X_FORWARDED_PREFIX)
+    )
+
+
+# RFC 3986 §3.2.2: a reg-name is unreserved characters, pct-encoded octets and sub-delims
+# (an IPv4 address is a reg-name by its characters); §3.2.3: the port is digits.
+_REG_NAME: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;="
+_IP_LITERAL: Final = b"0123456789ABCDEFabcdef:."  # IPv6address (IPvFuture is not accepted)
+_HEX: Final = b"0123456789ABCDEFabcdef"
+
+
+def _is_port(port: bytes) -> bool:
+    return len(port) <= 5 and not port.translate(None, b"0123456789") and (not port or int(port) <= 65535)
+
+
+def is_valid_host(value: bytes) -> bool:
+    """Whether a Host value (or an absolute-form target's authority) is `uri-host [":" port]`
+    (RFC 9112 §3.2, RFC 3986 §3.2.2-3): no userinfo, path, query, spaces or second colon.
+
+    An empty value is valid: RFC 9112 §3.2 has clients send an empty Host when the target
+    URI has no authority. A few C-level bytes operations, no regex: it runs per request.
+    """
+    if not value:
+        return True
+    if value[0] == 0x5B:  # '[': IP-literal
+        end = value.find(b"]")
+        if end < 2 or value[1:end].translate(None, _IP_LITERAL):
+            return False
+        rest = value[end + 1 :]
+        return not rest or (rest[0] == 0x3A and _is_port(rest[1:]))
+    colon = value.find(b":")
+    host = value
+    if colon >= 0:
+        host = value[:colon]
+        if not host or not _is_port(value[colon + 1 :]):
+            return False
+    if host.translate(None, _REG_NAME):
+        return False
+    pct = host.find(b"%")
+    while pct >= 0:
+        pair = host[pct + 1 : pct + 3]
+        if len(pair) != 2 or pair.translate(None, _HEX):
+            return False
+        pct = host.find(b"%", pct + 3)
+    return True
 
 
 def is_sane_request_id(value: bytes) -> bool:

@@ -26,6 +26,7 @@ from mypy_extensions import mypyc_attr
 
 from apigate.http import clock
 from apigate.http.body import BodyReader
+from apigate.http.chunks import chunk_size
 from apigate.http.errors import HttpError, error_body, error_headers
 from apigate.http.headers import (
     CONNECTION,
@@ -37,8 +38,10 @@ from apigate.http.headers import (
     X_REQUEST_ID,
     Headers,
     chunk_size_line,
+    connection_named,
     content_length_line,
-    encode_headers,
+    is_valid_host,
+    names_other_fields,
     parse_length,
     status_line,
 )
@@ -61,6 +64,13 @@ LINGER_MAX_S: Final = 10.0  # and in any case this long after the answer
 # idempotency lookups) are computed once.
 _METHODS: Final = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 _now: Final = clock.now  # a C static: the module attribute would be looked up per call
+# A chunk-size of 16 hex digits or more (RFC 9112 §7.1 sets no bound; llhttp only refuses
+# what overflows 64 bits) is refused as malformed whatever max_body_bytes says.
+MAX_CHUNK_SIZE: Final = 16**15 - 1
+CHUNKED: Final = b"chunked"
+# An int, not b"_": `bytes in bytes` first tries the needle as an int and formats a
+# TypeError before searching (~2k instructions a header); an int goes straight to memchr.
+UNDERSCORE: Final = 0x5F
 
 
 class FlowTarget(Protocol):
@@ -75,7 +85,14 @@ class FlowTarget(Protocol):
 class Limits:
     """Per-listener limits, copied from `server.*` once."""
 
-    __slots__ = ("idle_timeout", "max_body_bytes", "max_connections", "max_header_bytes", "request_timeout")
+    __slots__ = (
+        "allow_underscores",
+        "idle_timeout",
+        "max_body_bytes",
+        "max_connections",
+        "max_header_bytes",
+        "request_timeout",
+    )
 
     def __init__(
         self,
@@ -85,12 +102,16 @@ class Limits:
         request_timeout: float,
         max_header_bytes: int,
         max_body_bytes: int,
+        allow_underscores: bool = False,
     ) -> None:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
+        # server.allow_underscores_in_headers: false drops `X_User_ID`-style names, as nginx
+        # does, so an upstream that folds '_' into '-' cannot see a forged twin.
+        self.allow_underscores = allow_underscores
 
 
 class ServerState:
@@ -101,6 +122,10 @@ class ServerState:
         self.connections: set[HttpServerProtocol] = set()
         self.draining = False
         self.in_flight = 0
+        # Told of every answer the listener gives on its own, without the handler (400 for
+        # a malformed head, 431, 408 before the head ended, 503 overloaded), with the
+        # error code: the gateway counts and logs them like any other answer.
+        self.on_rejected: Callable[[RequestCycle, str], None] | None = None
 
     def drain(self) -> None:
         """Stop keep-alive everywhere: idle connections close now, busy ones after their response."""
@@ -131,12 +156,16 @@ class RequestCycle:
     on_cancel: Callable[[], None] | None = None  # set by the handler while it works
     finished = False
     timed_out = False
+    # Set by the handler while it waits for the upstream to take more of the request body
+    # (the upstream stopped reading): a timeout then is the upstream's, 504, not 408.
+    upstream_blocked = False
     # A deadline of the handler's own (the proxy's upstream timeout), 0.0 when none: when
     # it passes, the watchdog calls `on_deadline(now)`, which answers (`time_out()`), cuts
     # the connection, or sets a later one. The listener knows no more about it than that.
     handler_deadline = 0.0
     on_deadline: Callable[[float], None] | None = None
     client_request_id: bytes | None = None  # the client's X-Request-ID, as sent
+    dropped_header: bytes | None = None  # a header name the listener dropped (an underscore)
     # For the access log's response_size (logs/filter.py): the declared Content-Length,
     # else the body bytes that went through write().
     response_length: int | None = None
@@ -246,6 +275,11 @@ class RequestCycle:
         """The handler is done with this request (the response is written or abandoned)."""
         if not self.finished:
             self.finished = True
+            # The handler's callbacks are bound methods of objects that hold this cycle:
+            # dropping them here frees the request by reference counting, not by the
+            # cyclic GC (which cost ~4k instructions a request when they stayed).
+            self.on_deadline = None
+            self.on_cancel = None
             self.proto._finish(self)
 
     def cancel(self) -> None:
@@ -268,10 +302,17 @@ class RequestCycle:
         handler's work is cancelled and the connection closes after the answer."""
         self.timed_out = True
         self.keep_alive = False
-        late_client = not self.request_complete
-        self.send_error("request_timeout" if late_client else "upstream_timeout", self.request_id)
+        self.send_error(self.timeout_code(), self.request_id)
         self.cancel()
         self.complete()
+
+    def timeout_code(self) -> str:
+        """Whose fault a timeout is: the client's while it is still sending (unless the
+        upstream is what stopped the upload), else the upstream's (nginx answers 504 for
+        an upstream that stopped reading, proxy_send_timeout)."""
+        if not self.request_complete and not self.upstream_blocked:
+            return "request_timeout"
+        return "upstream_timeout"
 
     def send_error(self, code: str, correlation_id: str | None, extra: Headers | None = None) -> None:
         status, body = error_body(code, correlation_id)
@@ -320,6 +361,8 @@ class HttpServerProtocol:
         self.watch_at = INF  # when the watchdog fires next (INF: not armed)
         self.watchdog: asyncio.TimerHandle | None = None
         self.out: list[bytes] | None = None  # writes held back while corked
+        self.valid_host = b""  # the last Host value found valid on this connection
+        self.dropped: bytes | None = None  # a header name dropped from the request being parsed
         # per request (being parsed)
         self.url = b""
         self.headers: Headers = []
@@ -338,9 +381,7 @@ class HttpServerProtocol:
         self.last_activity = self.loop.time()
         if len(self.state.connections) >= self.limits.max_connections or self.state.draining:
             # Over the limit: answer 503 rather than a silent RST, so clients see why.
-            status, body = error_body("overloaded" if not self.state.draining else "draining", None)
-            head = status_line(status) + encode_headers(error_headers())
-            self.transport.write(head + content_length_line(len(body)) + b"connection: close\r\n\r\n" + body)
+            self._reject("overloaded" if not self.state.draining else "draining")
             self.closing = True
             self.transport.close()
             return
@@ -447,6 +488,7 @@ class HttpServerProtocol:
             return
         self.url = url
         self.headers = []
+        self.dropped = None
         self.header_bytes = len(url)
         self.raw_head_bytes = 0
         self.in_headers = True
@@ -458,11 +500,13 @@ class HttpServerProtocol:
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.limits.max_header_bytes:
             raise HttpError("headers_too_large")
+        if UNDERSCORE in name and not self.limits.allow_underscores:
+            self.dropped = name  # the gateway logs it at DEBUG (cycle.dropped_header)
+            return
         # Host is in every request: its usual spelling is compared, not lowered and hashed.
         self.headers.append((HOST if name == b"Host" else name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.in_headers = False
         parser = self.parser
         raw_method: bytes = parser.get_method()
         method = _METHODS.get(raw_method)
@@ -473,11 +517,15 @@ class HttpServerProtocol:
         chunked = False
         request_id: bytes | None = None
         hosts = 0
+        host = b""
         connection = False
+        named: list[bytes] | None = None
+        codings = 0
         for name, value in self.headers:
             if name in _NOTED:
                 if name == HOST:
                     hosts += 1
+                    host = value
                 elif name == CONTENT_LENGTH:
                     content_length = parse_length(value)  # llhttp already rejected non-numeric values
                 elif name == X_REQUEST_ID:
@@ -488,7 +536,18 @@ class HttpServerProtocol:
                     expect = True
                 elif name in (CONNECTION, PROXY_CONNECTION):
                     connection = True
+                    if name == CONNECTION and names_other_fields(value):
+                        if named is None:
+                            named = []
+                        named.append(value)
                 else:
+                    # nginx's rule: only `chunked` itself is a coding we take (501 for
+                    # others, RFC 9112 §6.1), and one Transfer-Encoding field.
+                    codings += 1
+                    if codings > 1:
+                        raise HttpError("bad_request")
+                    if value != CHUNKED and value.strip().lower() != CHUNKED:
+                        raise HttpError("not_implemented")
                     chunked = True
         keep_alive: bool = parser.should_keep_alive()
         # llhttp keeps a connection alive by default only for HTTP/1.1 (it accepts 0.9,
@@ -496,16 +555,31 @@ class HttpServerProtocol:
         # llhttp reads the same way), keep-alive means 1.1, which spares
         # get_http_version() (it formats a new string) on nearly every request.
         http_version: str = "1.1" if keep_alive and not connection else parser.get_http_version()
-        if hosts > 1 or (hosts == 0 and http_version == "1.1"):
-            # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0; anything
-            # else is a 400, so the upstream never has to guess which authority was meant.
+        if http_version != "1.1" and http_version != "1.0":
+            # llhttp also reads `HTTP/2.0` and `HTTP/0.9` request lines: not served here.
+            raise HttpError("http_version_not_supported")
+        if hosts > 1 or (hosts == 0 and http_version == "1.1") or not self._host_ok(host):
+            # RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0, and it is
+            # `uri-host [":" port]`; anything else is a 400, so the upstream never has to
+            # guess which authority was meant.
             raise HttpError("bad_request")
+        if chunked and http_version == "1.0":
+            raise HttpError("bad_request")  # RFC 9112 §6.1: no Transfer-Encoding in 1.0
+        if named is not None:
+            # Fields the client's Connection names go now, before the gateway adds its own
+            # (X-User-ID, claim headers): a client cannot make the gateway drop those.
+            drop = connection_named(named)
+            if b"upgrade" in drop and parser.should_upgrade():
+                drop = drop - {b"upgrade"}  # the protocol asked for: the gateway reads it (WebSocket)
+            if drop:
+                self.headers = [h for h in self.headers if h[0] not in drop]
         body: BodyReader | None = None
         if chunked or (content_length is not None and content_length > 0):
             max_body = self.limits.max_body_bytes
             if max_body and content_length is not None and content_length > max_body:
                 raise HttpError("payload_too_large")
             body = BodyReader(self, max_body)
+        self.in_headers = False
         cycle = RequestCycle(
             self,
             method,
@@ -517,6 +591,9 @@ class HttpServerProtocol:
             body,
             self.request_start,
         )
+        if self.dropped is not None:
+            cycle.dropped_header = self.dropped
+            self.dropped = None
         if expect:
             cycle.expect_continue = True
         if connection and parser.should_upgrade():  # only requests with a Connection header ask
@@ -531,6 +608,34 @@ class HttpServerProtocol:
             self.pipeline.append(cycle)
             if len(self.pipeline) >= MAX_PIPELINED:
                 self.pause_reading()
+
+    def _host_ok(self, host: bytes) -> bool:
+        """is_valid_host, remembered per connection: a keep-alive client sends the same
+        Host on every request, and comparing it costs less than validating it again."""
+        if host == self.valid_host:
+            return True
+        if is_valid_host(host):
+            self.valid_host = host
+            return True
+        return False
+
+    def on_chunk_header(self) -> None:
+        """A chunk-size line was parsed: refuse a chunk that could never fit at once, not
+        when its bytes have trickled in (or the request timeout passed)."""
+        size = chunk_size(self.parser)
+        if size <= 0:
+            return
+        if size > MAX_CHUNK_SIZE:
+            raise HttpError("bad_request")
+        cycle = self.parsing
+        max_body = self.limits.max_body_bytes
+        if (
+            max_body
+            and cycle is not None
+            and cycle.body is not None
+            and cycle.body.received + size > max_body
+        ):
+            raise HttpError("payload_too_large")
 
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
@@ -594,9 +699,7 @@ class HttpServerProtocol:
             self._close(linger=True)
             return
         elif active is None and not self.pipeline:
-            status, body = error_body(code, None)
-            head = status_line(status) + encode_headers(error_headers())
-            self.transport.write(head + content_length_line(len(body)) + b"connection: close\r\n\r\n" + body)
+            self._reject(code)
         else:
             # Earlier pipelined requests are still being answered; the bad one ends the connection.
             for cycle in (self.active, *self.pipeline):
@@ -606,6 +709,27 @@ class HttpServerProtocol:
             self.pause_reading()
             return
         self._close(linger=True)
+
+    def _reject(self, code: str) -> None:
+        """Answer an error the listener found itself (no handler saw the request), and
+        tell `state.on_rejected`, so that it is counted and logged like any answer."""
+        if self.in_headers:
+            raw = self.parser.get_method()
+            method = _METHODS.get(raw) or raw.decode("latin-1")
+            target = self.url
+            headers = self.headers
+        else:
+            method, target, headers = "-", b"", []  # nothing of a request was read
+        start = self.request_start if self.in_headers else _now()
+        cycle = RequestCycle(self, method, target, headers, "1.1", False, None, None, start)
+        cycle.finished = True  # never handled: nothing to complete
+        cycle.send_error(code, None)
+        hook = self.state.on_rejected
+        if hook is not None:
+            try:
+                hook(cycle, code)
+            except Exception:
+                log.exception("on_rejected failed")
 
     def _close(self, linger: bool = False) -> None:
         """Close; `linger` when the client may still be sending (after a protocol error)."""
