@@ -68,16 +68,25 @@ class Policy:
         self.max_age = str(cfg.max_age_secs).encode("ascii")
         # origin -> the fields an actual request from it gets (None: not allowed)
         self.known: dict[bytes, tuple[tuple[bytes, bytes], ...] | None] = {}
+        self.last_origin: bytes | None = None
+        self.last_fields: tuple[tuple[bytes, bytes], ...] | None = None
 
     def allows(self, origin: bytes) -> bool:
         return self.actual(origin) is not None
 
     def actual(self, origin: bytes) -> tuple[tuple[bytes, bytes], ...] | None:
         """The fields an actual request from `origin` gets, or None when it is not allowed."""
+        if origin == self.last_origin:  # a page's requests come from one origin: no hashing
+            return self.last_fields
         try:
-            return self.known[origin]
+            fields = self.known[origin]
         except KeyError:
-            pass
+            fields = self._decide(origin)
+        self.last_origin = origin
+        self.last_fields = fields
+        return fields
+
+    def _decide(self, origin: bytes) -> tuple[tuple[bytes, bytes], ...] | None:
         text = origin.decode("latin-1")
         allowed = (
             self.any_origin or origin.lower() in self.exact or any(p.fullmatch(text) for p in self.patterns)
@@ -139,11 +148,14 @@ class CorsFilter(Filter):
         asked: bytes | None = None
         asked_headers: bytes | None = None
         for name, value in ctx.cycle.headers:
-            if name == ORIGIN:
-                origin = value
-            elif name == REQUEST_METHOD:
-                asked = value
-            elif name == REQUEST_HEADERS:
+            n = len(name)  # compared first: most names are ruled out without a byte compare
+            if n == 6:
+                if name == ORIGIN:
+                    origin = value
+            elif n == 29:
+                if name == REQUEST_METHOD:
+                    asked = value
+            elif n == 30 and name == REQUEST_HEADERS:
                 asked_headers = value
         route = ctx.route
         if ctx.method == "OPTIONS" and asked is not None:
