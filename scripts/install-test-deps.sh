@@ -7,6 +7,7 @@
 #   promtool      (prometheus)               checks alert and recording rules
 #   amtool        (prometheus-alertmanager)  checks the Alertmanager config
 #   the linter shellcheck (shellcheck)       checks every script in scripts/ (tests/deploy)
+#   chromedriver  (chromium chromium-driver) headless browser tests of /status (selenium)
 #
 # And kubectl (`kubectl kustomize` renders deploy/k8s offline, tests/deploy), which Debian
 # does not ship in a usable version (kubernetes-client is 1.20, without kustomize v5): it
@@ -25,6 +26,8 @@ TOOLS=(
   "promtool prometheus /usr/bin/promtool"
   "amtool prometheus-alertmanager /usr/bin/amtool"
   "shellcheck shellcheck /usr/bin/shellcheck"
+  "chromedriver chromium-driver /usr/bin/chromedriver"
+  "chromium chromium /usr/bin/chromium"
 )
 
 have() {
@@ -55,7 +58,7 @@ if ! have kubectl /usr/bin/kubectl /usr/local/bin/kubectl; then
 fi
 
 if [ ${#missing_pkgs[@]} -eq 0 ]; then
-  echo "test tools: all present (redis-server nginx wrk promtool amtool shellcheck)"
+  echo "test tools: all present (redis-server nginx wrk promtool amtool shellcheck chromium chromedriver)"
   exit 0
 fi
 

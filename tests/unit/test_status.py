@@ -216,7 +216,8 @@ def test_html_first_paint_is_complete_and_self_contained() -> None:
     assert ">7.00<" in html or ">7<" in html  # 7 requests over 1 s, rendered by the server
     assert '<meta name="viewport"' in html and "<svg" in html
     # Nothing fetched from anywhere: no src/href attributes, no @import or url(); only status.json.
-    assert not re.search(r"\b(src|href)\s*=", html)
+    assert not re.search(r"\bsrc\s*=", html)
+    assert re.findall(r'\bhref="([^"]*)"', html) == ["data:,"]  # the empty icon
     assert "url(" not in html and "@import" not in html
     assert re.findall(r'fetch\("([^"]+)"', html) == ["status.json"]
     assert 'id="exposed"' not in html

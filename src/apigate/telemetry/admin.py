@@ -20,7 +20,7 @@ HTML_HEADERS = [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control
 PAGE_POLICY = (
     b"content-security-policy",
     b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
-    b"img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    b"img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
 )
 
 if TYPE_CHECKING:

@@ -192,6 +192,7 @@ def render(doc: dict[str, Any]) -> bytes:
     page = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<link rel="icon" href="data:,">'  # no /favicon.ico request (a 404 in the console)
         f"<title>apigate status</title><style>{_CSS}</style></head>"
         f'<body><main id="status" data-keys="{escape(row_keys(doc))}">{body}</main>'
         f'<p class="foot">Updates every {REFRESH_MS // 1000} s (<span id="updated">server-rendered</span>). '
