@@ -124,7 +124,7 @@ class StatusPage:
         admin = obs.admin
         return {
             "version": __version__,
-            "uptime_seconds": round(now - self.started, 1),
+            "uptime_s": round(now - self.started, 1),
             "config_hash": self.hash,
             "last_reload": last_reload(w),
             "workers": {"configured": self.cfg.server.workers, "alive": self.workers_alive()},
@@ -133,7 +133,7 @@ class StatusPage:
                 "loopback_only": is_loopback(self.admin_host),
                 "basic_auth": admin.basic_auth is not None,
             },
-            "window_seconds": round(w.seconds, 3),
+            "window_s": round(w.seconds, 3),
             "since_start": since_start,
             "ready": None if ready is None else str(ready.get("status", "")),
             "totals": totals(w),

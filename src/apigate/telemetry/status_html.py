@@ -84,13 +84,13 @@ def render(doc: dict[str, Any]) -> bytes:
     )
     facts = [
         ("version", None, doc["version"], "t"),
-        ("uptime s", "uptime_seconds", doc["uptime_seconds"], "n"),
+        ("uptime s", "uptime_s", doc["uptime_s"], "n"),
         ("config", None, doc["config_hash"], "t"),
         ("last reload", "last_reload/result", doc["last_reload"]["result"], "t"),
         ("workers alive", "workers/alive", doc["workers"]["alive"], "n"),
         ("of", None, doc["workers"]["configured"], "n"),
         ("ready", "ready", doc["ready"], "t"),
-        ("window s", "window_seconds", doc["window_seconds"], "n"),
+        ("window s", "window_s", doc["window_s"], "n"),
         ("req/s", "totals/rps", doc["totals"]["rps"], "n"),
         ("5xx", "totals/error_rate", doc["totals"]["error_rate"], "pct"),
     ]
