@@ -136,6 +136,22 @@ def test_later_views_show_the_last_minute_only() -> None:
     assert len(page.ring) == kept
 
 
+def test_nothing_is_scraped_until_someone_looks() -> None:
+    """The page costs nothing when nobody looks: no timer, no scrape before the first view."""
+    calls = []
+    inst = Instance()
+
+    def scrape() -> bytes:
+        calls.append(inst.now)
+        return inst.scrape()
+
+    page = StatusPage(config(), lambda: None, "127.0.0.1", scrape, inst.clock)
+    inst.now += 3600
+    assert calls == [] and not page.ring
+    page.document()
+    assert calls == [inst.now]
+
+
 def test_findings_are_diagnose_s() -> None:
     inst = Instance()
     page = inst.page(

@@ -111,30 +111,40 @@ class Window:
 
     def quantile(self, q: float, name: str, **match: str) -> float | None:
         """histogram_quantile over the window's bucket increases (summed over other labels)."""
-        buckets: dict[float, float] = defaultdict(float)
+        return quantile(q, self.buckets_by(name, "", **match).get("", {}))
+
+    def buckets_by(self, name: str, by: str, **match: str) -> dict[str, dict[float, float]]:
+        """{label `by`'s value: {le: increase}} in one pass (`by=""`: everything in one group)."""
+        out: dict[str, dict[float, float]] = {}
         for labels, d in self.delta(name + "_bucket").items():
             ld = dict(labels)
             if all(ld.get(k) == v for k, v in match.items()):
-                buckets[math.inf if ld["le"] == "+Inf" else float(ld["le"])] += d
-        if not buckets:
-            return None
-        bounds = sorted(buckets)
-        total = buckets[bounds[-1]]
-        if total <= 0:
-            return None
-        rank, prev_bound, prev_count = q * total, 0.0, 0.0
-        for b in bounds:
-            if buckets[b] >= rank:
-                if b == math.inf:
-                    return prev_bound
-                span = buckets[b] - prev_count
-                return prev_bound + (b - prev_bound) * ((rank - prev_count) / span if span > 0 else 1.0)
-            prev_bound, prev_count = b, buckets[b]
-        return prev_bound
+                group = out.setdefault(ld.get(by, "") if by else "", defaultdict(float))
+                group[math.inf if ld["le"] == "+Inf" else float(ld["le"])] += d
+        return out
 
     @property
     def label(self) -> str:
         return f"{self.seconds:.1f}s"
+
+
+def quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """histogram_quantile's interpolation over {upper bound: cumulative count}."""
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank, prev_bound, prev_count = q * total, 0.0, 0.0
+    for b in bounds:
+        if buckets[b] >= rank:
+            if b == math.inf:
+                return prev_bound
+            span = buckets[b] - prev_count
+            return prev_bound + (b - prev_bound) * ((rank - prev_count) / span if span > 0 else 1.0)
+        prev_bound, prev_count = b, buckets[b]
+    return prev_bound
 
 
 def _pct(x: float) -> str:

@@ -30,7 +30,7 @@ import orjson
 from apigate import __version__
 from apigate.telemetry import metrics, names
 from apigate.telemetry.basic_auth import BasicAuth
-from apigate.telemetry.diagnosis import Series, Window, analyse, parse_metrics
+from apigate.telemetry.diagnosis import Series, Window, analyse, parse_metrics, quantile
 from apigate.telemetry.health import HEALTH_READY, Health
 
 if TYPE_CHECKING:
@@ -93,6 +93,7 @@ class StatusPage:
         self.started = clock()
         self.hash = config_hash(cfg)
         self.ring: deque[tuple[float, Series]] = deque(maxlen=RING_SIZE)
+        self._spark_cache: dict[tuple[float, float], dict[str, dict[str, float | None]]] = {}
 
     # ------------------------------------------------------------------ the ring
     def sample(self) -> tuple[float, Series]:
@@ -150,31 +151,51 @@ class StatusPage:
 
     def routes(self, w: Window) -> list[dict[str, Any]]:
         configured = [r.id for r in self.cfg.routes]
+        counts = w.by(names.HTTP_REQUESTS_TOTAL, "route", "status")
+        buckets = w.buckets_by(names.HTTP_REQUEST_DURATION_SECONDS, "route")
+        seen = {r for r, _ in counts}
+        history = self.history()
         out = []
-        seen = {r for (r,) in w.by(names.HTTP_REQUESTS_TOTAL, "route")}
         for route in configured + sorted(seen - set(configured)):
-            row = route_stats(w, route)
-            row["history"] = self.history(route)
+            row = route_stats(w.seconds, route, counts, buckets.get(route, {}))
+            row["history"] = [points.get(route, _IDLE) for points in history]
             out.append(row)
         return out
 
-    def history(self, route: str) -> list[dict[str, float | None]]:
-        """req/s and p99 between consecutive kept scrapes, oldest first (the sparklines)."""
-        points: list[dict[str, float | None]] = []
+    def history(self) -> list[dict[str, dict[str, float | None]]]:
+        """{route: req/s and p99} between consecutive kept scrapes, oldest first (the
+        sparklines). A pair of scrapes never changes, so each is computed once."""
         ring = list(self.ring)[-(SPARK_POINTS + 1) :]
+        out = []
+        cache: dict[tuple[float, float], dict[str, dict[str, float | None]]] = {}
         for (t0, a), (t1, b) in itertools.pairwise(ring):
-            w = Window(a, b, t1 - t0)
-            n = w.by(names.HTTP_REQUESTS_TOTAL, "route").get((route,), 0.0)
-            p99 = w.quantile(0.99, names.HTTP_REQUEST_DURATION_SECONDS, route=route)
-            points.append({"rps": _round(n / w.seconds, 3), "p99": _round(p99)})
-        return points
+            points = self._spark_cache.get((t0, t1))
+            if points is None:
+                w = Window(a, b, t1 - t0)
+                rates = w.by(names.HTTP_REQUESTS_TOTAL, "route")
+                buckets = w.buckets_by(names.HTTP_REQUEST_DURATION_SECONDS, "route")
+                points = {
+                    route: {
+                        "rps": _round(n / w.seconds, 3),
+                        "p99": _round(quantile(0.99, buckets.get(route, {}))),
+                    }
+                    for (route,), n in rates.items()
+                }
+            cache[(t0, t1)] = points
+            out.append(points)
+        self._spark_cache = cache
+        return out
+
+
+_IDLE: dict[str, float | None] = {"rps": 0.0, "p99": None}
 
 
 # ------------------------------------------------------------------------------ sections
-def route_stats(w: Window, route: str) -> dict[str, Any]:
-    by_status = {
-        s: v for (r, s), v in w.by(names.HTTP_REQUESTS_TOTAL, "route", "status").items() if r == route
-    }
+def route_stats(
+    seconds: float, route: str, counts: dict[tuple[str, ...], float], buckets: dict[float, float]
+) -> dict[str, Any]:
+    """One route's row from the window's counts by (route, status) and its duration buckets."""
+    by_status = {s: v for (r, s), v in counts.items() if r == route}
     total = sum(by_status.values())
     classes = dict.fromkeys(STATUS_CLASSES, 0.0)
     for status, v in by_status.items():
@@ -184,10 +205,10 @@ def route_stats(w: Window, route: str) -> dict[str, Any]:
     return {
         "route": route,
         "requests": total,
-        "rps": round(total / w.seconds, 3),
+        "rps": round(total / seconds, 3),
         "error_rate": round(classes["5xx"] / total, 4) if total else 0.0,
-        "p50": _round(w.quantile(0.5, names.HTTP_REQUEST_DURATION_SECONDS, route=route)),
-        "p99": _round(w.quantile(0.99, names.HTTP_REQUEST_DURATION_SECONDS, route=route)),
+        "p50": _round(quantile(0.5, buckets)),
+        "p99": _round(quantile(0.99, buckets)),
         "status_classes": classes,
     }
 
