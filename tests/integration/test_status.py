@@ -11,7 +11,7 @@ import bcrypt
 import httpx
 from harness import HOST, Gateway, GatewayFactory, ScriptedUpstream, free_port, wait_until
 from jsonschema import Draft202012Validator
-from test_metrics import app_upstream, scrape, traffic_gateway, value
+from test_metrics import _accepts, app_upstream, scrape, traffic_gateway, value
 
 __all__ = ["app_upstream"]  # the fixture, imported for this module's tests
 
@@ -38,15 +38,8 @@ def admin_gateway(
         [{"id": "public", "path": "/public/*", "upstream_id": "app"}],
         observability={"metrics_enabled": True, "metrics_port": mport, "admin": admin},
     )
-    assert wait_until(lambda: _live(mport), 10, 0.05)
+    assert wait_until(lambda: _accepts(mport), 10, 0.05)
     return gw, mport
-
-
-def _live(port: int) -> bool:
-    try:
-        return httpx.get(f"http://{HOST}:{port}/health/live", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def route(doc: dict[str, Any], name: str) -> dict[str, Any]:
