@@ -305,3 +305,44 @@ def test_docs_name_every_key_metric_and_setting() -> None:
     settings = set(re.findall(r"`((?:server|observability)\.[a-z_.]+)`", section))
     assert {"observability.admin.basic_auth", "observability.admin.status_enabled"} <= settings
     assert settings <= set(schema_keys()), settings - set(schema_keys())
+
+
+def _resolve(doc: Any, path: str) -> Any:
+    """What the page's script does with a data-p path (get() in status_html._JS)."""
+    from urllib.parse import unquote
+
+    for step in path.split("/"):
+        m = re.fullmatch(r"(\w+)\[(\w+)=(.*)\]", step)
+        if m:
+            doc = next(e for e in doc[m.group(1)] if str(e[m.group(2)]) == unquote(m.group(3)))
+        else:
+            doc = doc.get(step) if isinstance(doc, dict) else None  # JavaScript's undefined
+    return doc
+
+
+def test_every_cell_the_script_updates_finds_its_value() -> None:
+    """Each data-p path leads to the value the server rendered in that cell, so a refresh
+    changes a number only when the number changed; odd target names included."""
+    from html import unescape
+
+    inst = Instance()
+    w = inst.workers[0]
+    w.healthy.set(("users", "http://[::1]:8081/x"), 0)
+    w.breaker.set(("users", "http://[::1]:8081/x"), 2)
+    pool = w.reg.gauge(names.UPSTREAM_POOL_CONNECTIONS, "", ("service", "target", "state"))
+    pool.set(("users", "http://[::1]:8081/x", "idle"), 4)
+    w.failures.inc(("users", "timeout"), 3)
+    w.serve("users-list", 9, status=503)
+    page = inst.page(config(auth={"jwt_secret": SECRET}, rate_limiting={}))
+    inst.now += 3
+    doc = page.document()
+    html = status_html.render(doc).decode()
+    cells = re.findall(r'data-p="([^"]+)" data-f="(\w+)"[^>]*>([^<]*)<', html)
+    assert len(cells) > 30
+    for path, kind, shown in cells:
+        assert status_html.fmt(_resolve(doc, unescape(path)), kind) == unescape(shown), path
+    shown = {unescape(p): unescape(t) for p, _, t in cells}
+    target = "upstreams[service=users]/targets[target=http%3A%2F%2F%5B%3A%3A1%5D%3A8081%2Fx]"
+    assert shown[target + "/healthy"] == "DOWN" and shown[target + "/breaker"] == "half-open"
+    assert shown["upstreams[service=users]/failures"] == "timeout 3"
+    assert shown[target + "/pool/idle"] == "4" and shown[target + "/pool/active"] == "—"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from html import escape
 from typing import Any
+from urllib.parse import quote
 
 REFRESH_MS = 2000
 SPARK_W, SPARK_H = 90, 22
@@ -48,6 +49,12 @@ def spark(points: list[dict[str, float | None]], key: str) -> str:
         f'viewBox="0 0 {SPARK_W} {SPARK_H}" role="img" aria-label="{escape(key)} over the last minute">'
         f'<polyline fill="none" stroke="currentColor" stroke-width="1.5" points="{pts}"/></svg>'
     )
+
+
+def _item(array: str, key: str, value: str) -> str:
+    """A path step to the element of `array` whose `key` is `value` (percent-encoded: a
+    target such as http://[::1]:80 may hold the path's own separators)."""
+    return f"{array}[{key}={quote(str(value), safe='')}]"
 
 
 def _cell(doc_path: str, value: Any, kind: str = "n", cls: str = "") -> str:
@@ -107,7 +114,7 @@ def render(doc: dict[str, Any]) -> bytes:
     )
     route_rows = []
     for r in doc["routes"]:
-        p = f"routes[route={r['route']}]"
+        p = _item("routes", "route", r["route"])
         classes = r["status_classes"]
         route_rows.append(
             f'<tr data-key="{escape(r["route"])}"><th>{escape(r["route"])}</th>'
@@ -122,7 +129,8 @@ def render(doc: dict[str, Any]) -> bytes:
     target_rows = []
     for u in doc["upstreams"]:
         for t in u["targets"]:
-            p = f"upstreams[service={u['service']}]/targets[target={t['target']}]"
+            service = _item("upstreams", "service", u["service"])
+            p = f"{service}/{_item('targets', 'target', t['target'])}"
             pool = t["pool"]
             target_rows.append(
                 f'<tr data-key="{escape(u["service"])}/{escape(t["target"])}"><th>{escape(u["service"])}</th>'
@@ -130,16 +138,16 @@ def render(doc: dict[str, Any]) -> bytes:
                 + _cell(f"{p}/healthy", t["healthy"], "yn", _state_class(t["healthy"]))
                 + _cell(f"{p}/breaker", t["breaker"], "t", _state_class(t["breaker"]))
                 + _cell(f"{p}/in_flight", t["in_flight"])
-                + _cell(f"{p}/pool.idle", pool.get("idle"))
-                + _cell(f"{p}/pool.active", pool.get("active"))
-                + _cell(f"upstreams[service={u['service']}/failures", u["failures"], "map")
-                + _cell(f"upstreams[service={u['service']}/failures_per_s", u["failures_per_s"])
+                + _cell(f"{p}/pool/idle", pool.get("idle"))
+                + _cell(f"{p}/pool/active", pool.get("active"))
+                + _cell(f"{service}/failures", u["failures"], "map")
+                + _cell(f"{service}/failures_per_s", u["failures_per_s"])
                 + "</tr>"
             )
     sink_rows = [
         f'<tr data-key="{escape(s["sink"])}"><th>{escape(s["sink"])}</th>'
         + "".join(
-            _cell(f"log_sinks[sink={s['sink']}]/{k}", s[k])
+            _cell(f"{_item('log_sinks', 'sink', s['sink'])}/{k}", s[k])
             for k in ("queue_depth", "spool_bytes", "delivered", "dropped", "errors")
         )
         + "</tr>"
@@ -235,7 +243,8 @@ function fmt(v,k){if(v===null||v===undefined)return"\u2014";
  return String(v)}
 function get(d,p){var o=d;p.split("/").forEach(function(s){if(o===undefined||o===null)return;
  var m=/^(\w+)\[(\w+)=(.*)\]$/.exec(s);
- o=m?(o[m[1]]||[]).find(function(e){return String(e[m[2]])===m[3]}):o[s]});return o}
+ o=m?(o[m[1]]||[]).find(function(e){return String(e[m[2]])===decodeURIComponent(m[3])}):o[s]});
+ return o}
 function keys(d){var k=d.routes.map(function(r){return r.route});
  d.upstreams.forEach(function(u){u.targets.forEach(function(t){k.push(u.service+"/"+t.target)})});
  d.log_sinks.forEach(function(s){k.push(s.sink)});return k.join("|")}
