@@ -37,8 +37,10 @@ if TYPE_CHECKING:
     from apigate.config.schema import Config
 
 WINDOW_S = 60.0  # rates, error ratio and quantiles: over about the last minute
-MIN_SPACING_S = 0.5  # views closer than this share one scrape
-RING_SIZE = 150  # 60 s at the page's 2 s refresh, with room for several viewers
+MIN_SPACING_S = 1.0  # views closer than this share one scrape (several viewers cost one)
+# At most one scrape per MIN_SPACING_S is kept, for WINDOW_S, plus the baseline before it:
+# the bound is what the parsed scrapes may hold in memory (about 0.3 kB per series each).
+RING_SIZE = int(WINDOW_S / MIN_SPACING_S) + 2
 SPARK_POINTS = 30
 BREAKER_STATES = {0: "closed", 1: "open", 2: "half-open"}
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
