@@ -114,7 +114,7 @@ def test_the_page_follows_an_upstream_dying(
             assert _text(driver, 'tr[data-key="public"] th') == "public"
             assert _text(driver, 'tr[data-key="orders"] th') == "orders"
             dying_target = f'tr[data-key="dying/{HOST}:{dying.port}"]'
-            assert _text(driver, dying_target + ' td[data-f="yn"]') == "up"
+            assert _text(driver, dying_target + ' td[data-p$="/healthy"]') == "up"  # the active check
             ok_cell = 'td[data-p="routes[route=public]/status_classes/2xx"]'
 
             # The numbers change between two refreshes, without reloading the page.
@@ -126,9 +126,11 @@ def test_the_page_follows_an_upstream_dying(
 
             # The upstream dies: its target is marked down, its route's 5xx show.
             dying.stop()
-            assert wait_until(lambda: _text(driver, dying_target + ' td[data-f="yn"]') == "DOWN", 20, 0.3)
-            cell = driver.find_element("css selector", dying_target + ' td[data-f="yn"]')
+            health = dying_target + ' td[data-p$="/healthy"]'
+            assert wait_until(lambda: _text(driver, health) == "DOWN", 20, 0.3)
+            cell = driver.find_element("css selector", health)
             assert cell.get_attribute("class") == "bad"
+            assert _text(driver, dying_target + ' td[data-p$="/active_check"]') == "DOWN"
             assert wait_until(
                 lambda: _text(driver, 'td[data-p="routes[route=orders]/error_rate"]') != "0.0%", 15, 0.3
             )

@@ -135,6 +135,7 @@ def render(doc: dict[str, Any]) -> bytes:
             target_rows.append(
                 f'<tr data-key="{escape(u["service"])}/{escape(t["target"])}"><th>{escape(u["service"])}</th>'
                 f"<td>{escape(t['target'])}</td>"
+                + _cell(f"{service}/active_check", u["active_check"], "yn", _state_class(u["active_check"]))
                 + _cell(f"{p}/healthy", t["healthy"], "yn", _state_class(t["healthy"]))
                 + _cell(f"{p}/breaker", t["breaker"], "t", _state_class(t["breaker"]))
                 + _cell(f"{p}/in_flight", t["in_flight"])
@@ -188,7 +189,8 @@ def render(doc: dict[str, Any]) -> bytes:
         )
         + "<h2>Upstreams</h2>"
         + _table(
-            ["service", "target", "health", "breaker", "in flight", "idle", "active", "failures", "fail/s"],
+            ["service", "target", "check", "health", "breaker", "in flight", "idle", "active"]
+            + ["failures", "fail/s"],
             target_rows,
             "upstreams:service",
         )
