@@ -189,8 +189,7 @@ def render(doc: dict[str, Any]) -> bytes:
         )
         + "<h2>Upstreams</h2>"
         + _table(
-            ["service", "target", "check", "health", "breaker", "in flight", "idle", "active"]
-            + ["failures", "fail/s"],
+            _UPSTREAM_HEAD,
             target_rows,
             "upstreams:service",
         )
@@ -210,6 +209,12 @@ def render(doc: dict[str, Any]) -> bytes:
         f"<script>{_JS.replace('@REFRESH@', str(REFRESH_MS))}</script></body></html>"
     )
     return page.encode()
+
+
+_UPSTREAM_HEAD = [
+    *("service", "target", "check", "health", "breaker"),
+    *("in flight", "idle", "active", "failures", "fail/s"),
+]
 
 
 def row_keys(doc: dict[str, Any]) -> str:
