@@ -6,8 +6,9 @@
 #   wrk           (wrk)                      load generator (bench, load tests)
 #   promtool      (prometheus)               checks alert and recording rules
 #   amtool        (prometheus-alertmanager)  checks the Alertmanager config
+#   chromium      (chromium)                 a real browser applying CORS (tests/integration/test_traffic_cors.py)
+#   chromedriver  (chromium-driver)          drives it through selenium
 #   the linter shellcheck (shellcheck)       checks every script in scripts/ (tests/deploy)
-#   chromedriver  (chromium chromium-driver) headless browser tests of /status (selenium)
 #
 # And kubectl (`kubectl kustomize` renders deploy/k8s offline, tests/deploy), which Debian
 # does not ship in a usable version (kubernetes-client is 1.20, without kustomize v5): it
@@ -26,8 +27,8 @@ TOOLS=(
   "promtool prometheus /usr/bin/promtool"
   "amtool prometheus-alertmanager /usr/bin/amtool"
   "shellcheck shellcheck /usr/bin/shellcheck"
-  "chromedriver chromium-driver /usr/bin/chromedriver"
   "chromium chromium /usr/bin/chromium"
+  "chromedriver chromium-driver /usr/bin/chromedriver"
 )
 
 have() {

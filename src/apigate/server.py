@@ -43,6 +43,18 @@ def build_filters(cfg: Config, health: Health | None = None) -> list[Filter]:
     and adds correlation (X-Request-ID), which is always on. Each feature's package is
     imported only when it is configured (PyJWT, OpenTelemetry load only when used)."""
     filters: list[Filter] = []
+    from apigate.iprules.filter import has_rules
+
+    if has_rules(cfg):
+        from apigate.iprules.filter import IpRulesFilter
+
+        filters.append(IpRulesFilter(cfg))  # priority 3000, routes with rules only
+    from apigate.cors.filter import wanted as cors_wanted
+
+    if cors_wanted(cfg):
+        from apigate.cors.filter import CorsFilter
+
+        filters.append(CorsFilter(cfg))  # priority 2000, CORS routes (and unmatched preflights) only
     if cfg.auth is not None:
         from apigate.auth.filter import AuthFilter
 
@@ -51,6 +63,14 @@ def build_filters(cfg: Config, health: Health | None = None) -> list[Filter]:
         from apigate.ratelimit.filter import RateLimitFilter
 
         filters.append(RateLimitFilter(cfg))  # priority 910
+    if any(r.request_headers or r.response_headers for r in cfg.routes):
+        from apigate.transforms.filter import HeaderTransformFilter
+
+        filters.append(HeaderTransformFilter(cfg))  # priority 700, routes with transforms only
+    if cfg.plugins:
+        from apigate.plugins.loader import build_plugins
+
+        filters.extend(build_plugins(cfg))  # user filters, each behind a guard (docs/PLUGINS.md)
     from apigate.logs.filter import AccessLogFilter, wanted
 
     if wanted(cfg):
@@ -108,7 +128,9 @@ class Server:
         self.pools = build_pools(cfg)
         if filters is None:
             filters = build_filters(cfg, self.health)
-        self.app = App(cfg.routes, filters, self.pools, self.health.answer)
+        self.app = App(
+            cfg.routes, filters, self.pools, self.health.answer, cfg.server.websocket_idle_timeout_secs
+        )
         self.state.on_rejected = self.app.rejected
         self.logs: Pipeline | None = None  # built in start(): it needs the worker's loop
         self.telemetry = Telemetry(cfg, self.state, self.health, self.app.filters, lambda: self.logs)
@@ -184,6 +206,7 @@ class Server:
         deadline = self.loop.time() + self.cfg.server.drain_timeout_secs
         while self.state.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
+        self.app.tunnels.going_away()  # WebSocket tunnels still open: a 1001 close frame each
         for conn in list(self.state.connections):
             conn.transport.abort()
         for pool in self.pools.values():

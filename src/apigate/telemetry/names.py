@@ -28,6 +28,10 @@ LOG_EVENTS_DROPPED_TOTAL: Final = "log_events_dropped_total"  # {sink, reason}
 LOG_SINK_ERRORS_TOTAL: Final = "log_sink_errors_total"  # {sink}: failed deliveries (batch or item)
 LOG_SINK_QUEUE_DEPTH: Final = "log_sink_queue_depth"  # {sink}: gauge, events waiting in memory
 LOG_SPOOL_BYTES: Final = "log_spool_bytes"  # {sink}: gauge, bytes waiting in the disk spool
+ACCESS_DENIED_TOTAL: Final = "access_denied_total"  # {route, reason}: refused by IP rules
+WEBSOCKET_CONNECTIONS_ACTIVE: Final = "websocket_connections_active"  # gauge: open tunnels
+WEBSOCKET_CONNECTIONS_TOTAL: Final = "websocket_connections_total"  # {route}: tunnels opened
+PLUGIN_ERRORS_TOTAL: Final = "plugin_errors_total"  # {plugin}: exceptions raised by a plugin
 
 # Read by the status page (telemetry/status.py) when present; registered by their owners
 # (upstream targets and breakers: resilience; reloads: hot reload).
