@@ -30,6 +30,7 @@ from apigate.logs.pipeline import Pipeline, worker_index
 from apigate.telemetry.admin import AdminApp
 from apigate.telemetry.health import Health
 from apigate.telemetry.runtime import Telemetry
+from apigate.telemetry.status import status_page
 
 # The metrics listener serves scrapes and probes: a few connections, small requests.
 ADMIN_LIMITS: Final = Limits(
@@ -178,8 +179,10 @@ class Server:
         obs = self.cfg.observability
         if obs.metrics_enabled:
             # The metrics listener stays open while draining: readiness must say 503 then.
-            admin = AdminApp(self.state, self.health, obs.metrics_enabled)
             host = obs.metrics_bind_address or s.bind_address
+            admin = AdminApp(
+                self.state, self.health, obs.metrics_enabled, *status_page(self.cfg, self.health, host)
+            )
             self.admin_server = await self.loop.create_server(
                 make_protocol_factory(admin.handle, ServerState(ADMIN_LIMITS), "http"),
                 host,
