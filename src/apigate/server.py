@@ -22,6 +22,7 @@ from typing import Final
 
 from apigate.config.schema import Config
 from apigate.gateway.app import App
+from apigate.gateway.balancer import build_upstreams
 from apigate.gateway.filters import Filter
 from apigate.http.client import UpstreamPool
 from apigate.http.server import Limits, ServerState, make_protocol_factory
@@ -69,17 +70,8 @@ def build_filters(cfg: Config, health: Health | None = None) -> list[Filter]:
 
 
 def build_pools(cfg: Config) -> dict[str, UpstreamPool]:
-    return {
-        up.id: UpstreamPool(
-            up.base_url,
-            max_idle=up.pool_max_idle_per_host,
-            connect_timeout=up.connect_timeout_secs,
-            timeout=up.timeout_secs,
-            verify_tls=up.verify_tls,
-            ca_path=up.ca_path,
-        )
-        for up in cfg.upstreams
-    }
+    """The first target's pool of each upstream (all of them: `build_upstreams`)."""
+    return build_upstreams(cfg.upstreams)[0]
 
 
 def server_limits(cfg: Config) -> Limits:
@@ -104,10 +96,12 @@ class Server:
         self.state = ServerState(server_limits(cfg))
         hc = cfg.observability.health_checks
         self.health = Health(self.state, hc.liveness_enabled, hc.readiness_enabled)
-        self.pools = build_pools(cfg)
+        self.pools, groups, self.upstreams = build_upstreams(cfg.upstreams)
         if filters is None:
             filters = build_filters(cfg, self.health)
-        self.app = App(cfg.routes, filters, self.pools, self.health.answer)
+        self.app = App(cfg.routes, [*filters, self.upstreams], self.pools, self.health.answer, groups)
+        if groups:
+            self.health.details["upstreams"] = self.upstreams.readiness
         self.state.on_rejected = self.app.rejected
         self.logs: Pipeline | None = None  # built in start(): it needs the worker's loop
         self.telemetry = Telemetry(cfg, self.state, self.health, self.app.filters, lambda: self.logs)
@@ -183,7 +177,7 @@ class Server:
             await asyncio.sleep(0.02)
         for conn in list(self.state.connections):
             conn.transport.abort()
-        for pool in self.pools.values():
+        for pool in self.upstreams.pools():
             pool.close()
         if self.admin_server is not None:
             self.admin_server.close()

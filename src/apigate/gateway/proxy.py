@@ -297,9 +297,13 @@ class Proxy:
         ctx.cycle.on_cancel = None
         error = exchange.error
         up = ctx.upstream_duration  # when the response head came: a moment ago
-        conn.pool.release(conn, error is None, ctx.start + up if up is not None else 0.0)
+        pool = conn.pool
+        pool.release(conn, error is None, ctx.start + up if up is not None else 0.0)
         if error is None:
-            finish(ctx)
+            if pool.watched:
+                self.finished(ctx, None)  # a balanced target: its success is reported
+            else:
+                finish(ctx)
         elif error is _CANCELLED:
             self._cancelled(ctx)
         elif ctx.method in IDEMPOTENT and _retryable(exchange, True):

@@ -388,6 +388,9 @@ class UpstreamPool:
         self.idle: list[UpstreamConnection] = []
         self.connecting = 0
         self.active = 0
+        # A target of a balanced upstream (gateway/balancer.py): its successes are
+        # reported too, so they end through the proxy's `finished` callback.
+        self.watched = False
 
     def __repr__(self) -> str:
         # httpcore's habit: the counts a reader of a log line or a debugger needs.

@@ -28,3 +28,11 @@ LOG_EVENTS_DROPPED_TOTAL: Final = "log_events_dropped_total"  # {sink, reason}
 LOG_SINK_ERRORS_TOTAL: Final = "log_sink_errors_total"  # {sink}: failed deliveries (batch or item)
 LOG_SINK_QUEUE_DEPTH: Final = "log_sink_queue_depth"  # {sink}: gauge, events waiting in memory
 LOG_SPOOL_BYTES: Final = "log_spool_bytes"  # {sink}: gauge, bytes waiting in the disk spool
+# Upstream targets (issue 16): gauges and counters per service and target (its url).
+UPSTREAM_TARGET_HEALTHY: Final = "upstream_target_healthy"  # {service, target}: 1 receives traffic
+UPSTREAM_CIRCUIT_STATE: Final = "upstream_circuit_state"  # {service, target}: 0 closed, 1 open, 2 half-open
+UPSTREAM_REQUESTS_IN_FLIGHT: Final = "upstream_requests_in_flight"  # {service, target}
+UPSTREAM_POOL_CONNECTIONS: Final = "upstream_pool_connections"  # {service, target, state}: idle|active
+UPSTREAM_RETRIES_TOTAL: Final = "upstream_retries_total"  # {service, reason}
+# Hot reload (issue 16).
+CONFIG_RELOADS_TOTAL: Final = "config_reloads_total"  # {result}: success|failure
