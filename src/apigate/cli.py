@@ -20,6 +20,7 @@ from apigate.config import ConfigError, load_config, summarize
 from apigate.config.schema import Config
 from apigate.logs import events
 from apigate.ops.cli import add_commands as add_ops_commands
+from apigate.ops.reload import add_command as add_reload_command
 
 EXIT_CONFIG = 2
 DEFAULT_DEMO_CONFIG = "examples/quickstart.yaml"
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream-port", type=int, default=8081, help="demo upstream port (default 8081)")
     add_auth_commands(sub, _add_config)  # token, session create|revoke
     add_ops_commands(sub)  # backup, restore, diagnose, capacity: ops(args), no config file
+    add_reload_command(sub)  # reload --pid: ops(args)
     return parser
 
 
@@ -99,12 +101,12 @@ def cmd_serve(path: str | None) -> int:
 
     workers = cfg.server.workers
     if workers == 1:
-        return _run(serve(cfg))
+        return _run(serve(cfg, config_path=path))
     from apigate.telemetry.metrics import multiprocess_dir
     from apigate.workers import run_workers
 
     with multiprocess_dir():  # one scrape sums the workers (telemetry/metrics.py)
-        return run_workers(workers, lambda: _run(serve(cfg, reuse_port=True)))
+        return run_workers(workers, lambda: _run(serve(cfg, reuse_port=True, config_path=path)))
 
 
 def _run(coro: object) -> int:
