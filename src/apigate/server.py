@@ -428,6 +428,12 @@ def _is_loopback(host: str) -> bool:
 async def serve(cfg: Config, reuse_port: bool = False, config_path: str | None = None) -> int:
     """Run one worker until SIGTERM/SIGINT, then drain; returns the exit code. SIGHUP
     reloads the configuration from `config_path`."""
+    if config_path is not None and os.environ.get("APIGATE_CONFIG_RELOADED"):
+        # A worker restarted after a reload: the file, as its siblings reloaded it (the
+        # supervisor's copy is the configuration it started with); still the old one if
+        # the file is invalid now.
+        with contextlib.suppress(ConfigError, OSError):
+            cfg = load_config(config_path)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

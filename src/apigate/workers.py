@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 RESTART_MIN_UPTIME_S = 1.0
+RELOADED_ENV = "APIGATE_CONFIG_RELOADED"  # set once the supervisor passed on a SIGHUP
 
 
 def run_workers(count: int, worker: Callable[[], int]) -> int:
@@ -48,7 +49,9 @@ def run_workers(count: int, worker: Callable[[], int]) -> int:
                 os.kill(pid, signal.SIGTERM)
 
     def on_hangup(_signum: int, _frame: object) -> None:
-        # A reload: every worker re-reads the configuration itself (server.py, reload).
+        # A reload: every worker re-reads the configuration itself (server.py, reload), and
+        # a worker started from now on (a restart) reads the file rather than the parent's copy.
+        os.environ[RELOADED_ENV] = "1"
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGHUP)

@@ -8,18 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from harness import APIGATE, Conn, Gateway, GatewayFactory, ScriptedUpstream, UpRequest, free_port, wait_until
+from harness import (
+    APIGATE,
+    Conn,
+    Gateway,
+    GatewayFactory,
+    ScriptedUpstream,
+    UpRequest,
+    child_pids,
+    free_port,
+    listening_socket_owners,
+    wait_until,
+)
 
 from apigate.telemetry import names
+from apigate.workers import RESTART_MIN_UPTIME_S
 
 
 def named(name: str) -> Any:
@@ -186,11 +200,19 @@ def test_reload_command_bad_pid() -> None:
 def test_every_worker_reloads(gateway: GatewayFactory, ab: tuple[ScriptedUpstream, ScriptedUpstream]) -> None:
     a, b = ab
     gw = gateway({"svc": a.url}, server={"workers": 2}, logging=INFO_LOGS)
+    # Both workers up (a worker still starting ignores SIGHUP: it reads the new file anyway).
+    assert wait_until(lambda: len(listening_socket_owners(gw.port)) == 2, 15)
     rewrite(gw, upstreams=[{"id": "svc", "base_url": b.url}])
     gw.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
     assert wait_until(lambda: len(log_events(gw, "config_reloaded")) == 2, 15)
-    with httpx.Client() as client:
-        # New connections land on either worker (SO_REUSEPORT): all answer from B now.
-        assert {httpx.get(f"{gw.url}/x").text for _ in range(20)} == {"B"}
-        assert client.get(f"{gw.url}/x").text == "B"
+    # New connections land on either worker (SO_REUSEPORT): all answer from B now.
+    assert {httpx.get(f"{gw.url}/x").text for _ in range(20)} == {"B"}
+    # A worker that crashes after the reload is restarted with the reloaded file (once it
+    # has run RESTART_MIN_UPTIME_S: a worker dying sooner is a start-up failure, not a crash).
+    time.sleep(RESTART_MIN_UPTIME_S + 0.1)
+    victim = child_pids(gw.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: len(set(child_pids(gw.pid)) - {victim}) == 2, 15)
+    assert wait_until(lambda: len(listening_socket_owners(gw.port)) == 2, 15)
+    assert {httpx.get(f"{gw.url}/x").text for _ in range(20)} == {"B"}
     assert gw.alive()

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import PYTHON, GatewayFactory, UpstreamProcess, free_port, wait_until
+from harness import PYTHON, Conn, GatewayFactory, UpRequest, UpstreamProcess, free_port, wait_until
 
 from apigate.telemetry import names
 
@@ -203,3 +203,37 @@ def test_breaker_opens_on_failures_and_retries_are_counted(gateway: GatewayFacto
         assert '"event_type":"circuit_open"' in gw.stdout()
     finally:
         live.stop()
+
+
+def test_a_503_is_retried_on_another_target_for_idempotent_requests_only(
+    gateway: GatewayFactory, scripted: Any
+) -> None:
+    async def unavailable(req: UpRequest, conn: Conn) -> bool:
+        await conn.respond(503, b"busy")
+        return True
+
+    async def fine(req: UpRequest, conn: Conn) -> bool:
+        await conn.respond(200, b"fine")
+        return True
+
+    busy, ok = scripted(unavailable), scripted(fine)
+    metrics_port = free_port()
+    gw = gateway(
+        {
+            "svc": {
+                "targets": [{"url": busy.url}, {"url": ok.url}],
+                "retries": {"attempts": 2, "on": ["status_503"], "budget_percent": 100},
+                "circuit_breaker": {"failure_threshold": 1000, "open_secs": 1, "count_5xx": True},
+            }
+        },
+        observability=observability(metrics_port),
+    )
+    with httpx.Client() as client:
+        gets = [client.get(f"{gw.url}/g") for _ in range(10)]
+        posts = [client.post(f"{gw.url}/p", content=b"x") for _ in range(10)]
+    assert [(r.status_code, r.text) for r in gets] == [(200, "fine")] * 10
+    # Not idempotent: the 503 is the answer (round robin sends half of them to `busy`).
+    assert sorted(r.status_code for r in posts) == [200] * 5 + [503] * 5
+    assert {r.text for r in posts if r.status_code == 503} == {"busy"}
+    retried = metric(metrics_port, names.UPSTREAM_RETRIES_TOTAL, service="svc", reason="status_503")
+    assert retried == 5

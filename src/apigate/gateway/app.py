@@ -20,7 +20,7 @@ from apigate.gateway.balancer import UpstreamGroup
 from apigate.gateway.correlation import CorrelationFilter
 from apigate.gateway.filters import Filter, FilterChain, RequestContext, Response, finish
 from apigate.gateway.paths import decoded_slashes, split_target
-from apigate.gateway.proxy import IDEMPOTENT, Proxy
+from apigate.gateway.proxy import IDEMPOTENT, Proxy, RetryableStatus
 from apigate.gateway.router import Match, NoMatch, Route, Router
 from apigate.http.client import ConnectFailed, ConnectionReset, ConnectTimeout, UpstreamError, UpstreamPool
 from apigate.http.errors import error_body, error_headers, json_headers
@@ -62,6 +62,10 @@ class App:
         self.route_pools = [pools[r.upstream_id] for r in self.router.routes]
         self.groups: Mapping[str, UpstreamGroup] = groups or {}
         self.route_groups = [self.groups.get(r.upstream_id) for r in self.router.routes]
+        for group in self.groups.values():
+            if group.retry_on & {"status_502", "status_503"}:
+                for target in group.targets:
+                    target.pool.retry_status = self._retry_status
         self.unmatched_chain = FilterChain([f for f in self.filters if f.applies_to(None)])
         self.local_answers = local_answers
         self.proxy = Proxy(self._proxied)
@@ -106,8 +110,9 @@ class App:
         """The terminal step: proxy a matched route, answer anything else locally."""
         if type(match) is tuple:
             route = match[0]
-            group = self.route_groups[route.index]
-            if group is not None:
+            if ctx.pool.watched:  # a balanced upstream: pick its target
+                group = self.route_groups[route.index]
+                assert group is not None
                 pool = group.pick()
                 if pool is None:
                     self._reply(ctx, _unavailable(ctx))
@@ -207,29 +212,24 @@ class App:
         if group is None:
             return False
         pool = ctx.pool
-        cycle = ctx.cycle
+        count_5xx = group.cfg.circuit_breaker is not None and group.cfg.circuit_breaker.count_5xx
         if error is None:
             if ctx.status:  # 0: the client left before any answer, nothing to judge
-                failed = group.cfg.circuit_breaker is not None and group.cfg.circuit_breaker.count_5xx
-                group.report(pool, "status_5xx" if failed and ctx.status >= 500 else None)
+                group.report(pool, "5xx" if count_5xx and ctx.status >= 500 else None)
             return False
-        group.report(pool, error.reason)
-        if isinstance(error, ConnectFailed | ConnectTimeout):
-            reason = "connect_failure"
-        elif isinstance(error, ConnectionReset) and ctx.method in IDEMPOTENT:
-            reason = "reset_before_response"  # non-idempotent requests: connect failures only
+        if isinstance(error, RetryableStatus):
+            group.report(pool, "5xx" if count_5xx else None)
+            reason = f"status_{error.status}"  # already judged retryable (`_retry_status`)
         else:
-            return False
-        body = cycle.body
-        if (
-            cycle.response_started
-            or cycle.proto.closing
-            or cycle.timed_out
-            or (body is not None and body.received != body.size)  # some of it is gone
-            or ctx.attempts >= (group.retries.attempts if group.retries is not None else 1)
-            or not group.may_retry(reason)
-        ):
-            return False
+            group.report(pool, error.reason)
+            if isinstance(error, ConnectFailed | ConnectTimeout):
+                reason = "connect_failure"
+            elif isinstance(error, ConnectionReset) and ctx.method in IDEMPOTENT:
+                reason = "reset_before_response"  # non-idempotent requests: connect failures only
+            else:
+                return False
+            if not self._may_retry(ctx, group, reason):
+                return False
         other = group.pick(exclude=pool)
         if other is None:
             return False
@@ -241,6 +241,31 @@ class App:
         path = ctx.path if route.passthrough else route.upstream_path(ctx.path, ctx.params)
         self.proxy.start(ctx, path.encode("latin-1"))
         return True
+
+    def _may_retry(self, ctx: RequestContext, group: UpstreamGroup, reason: str) -> bool:
+        """Nothing of the response reached the client, the request (body included) can
+        be sent again, attempts are left and the retry budget allows it."""
+        cycle = ctx.cycle
+        body = cycle.body
+        return not (
+            cycle.response_started
+            or cycle.proto.closing
+            or cycle.timed_out
+            or (body is not None and body.received != body.size)  # some of it is gone
+            or ctx.attempts >= (group.retries.attempts if group.retries is not None else 1)
+            or not group.may_retry(reason)
+        )
+
+    def _retry_status(self, ctx: RequestContext, status: int) -> bool:
+        """An upstream answered 502/503 (`UpstreamPool.retry_status`): retry it elsewhere?
+        Only idempotent requests, and only when another target can take it."""
+        group = self.groups.get(ctx.upstream_id or "")
+        return (
+            group is not None
+            and ctx.method in IDEMPOTENT
+            and group.has_other(ctx.pool)
+            and self._may_retry(ctx, group, f"status_{status}")
+        )
 
     def _local(self, ctx: RequestContext, allow: tuple[str, ...]) -> Response:
         if self.local_answers is not None:

@@ -223,6 +223,11 @@ class UpstreamGroup:
         self._count(1)
         return chosen.pool
 
+    def has_other(self, pool: UpstreamPool) -> bool:
+        """Whether a target other than `pool`'s is available now (no side effect)."""
+        now = time.monotonic()
+        return any(t.pool is not pool and t.available(now) for t in self.targets)
+
     @staticmethod
     def _smooth_round_robin(ready: list[Target]) -> Target:
         total = 0

@@ -178,8 +178,14 @@ class Exchange(ResponseSink):
     def on_upstream_head(self, status: int, lines: list[bytes], length: int | None) -> None:
         # `lines`: the upstream's end-to-end fields, already serialized by the upstream
         # connection (hop-by-hop ones dropped). The filters add theirs after them.
-        self.got_head = True
         ctx = self.ctx
+        if status == 502 or status == 503:
+            retry = self.conn.pool.retry_status
+            if retry is not None and retry(ctx, status):
+                # Sent again to another target: this answer never reaches the client.
+                self.conn.sink = _Discard(self, status)
+                return
+        self.got_head = True
         now = _now()
         ctx.upstream_duration = now - ctx.start
         added: Headers = list(ctx.response_headers) if ctx.response_headers else []
@@ -232,6 +238,46 @@ class Exchange(ResponseSink):
             proxy.fast_done(self)
         elif self.on_done is not None:
             self.on_done(self)
+
+
+class RetryableStatus(UpstreamError):
+    """The upstream answered 502 or 503 and the request goes to another target
+    (`retries.on`); counted like any 5xx answer."""
+
+    reason = "5xx"
+    code = "bad_gateway"
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the upstream answered {status}")
+        self.status = status
+
+
+class _Discard(ResponseSink):
+    """Reads a response that will be retried elsewhere to its end, then ends the exchange."""
+
+    __slots__ = ("exchange", "status")
+
+    def __init__(self, exchange: Exchange, status: int) -> None:
+        self.exchange = exchange
+        self.status = status
+
+    def cork(self) -> bool:
+        return False
+
+    def uncork(self) -> None:
+        pass
+
+    def on_upstream_head(self, status: int, lines: list[bytes], length: int | None) -> None:
+        pass
+
+    def on_upstream_body(self, chunk: bytes) -> None:
+        pass
+
+    def on_upstream_complete(self) -> None:
+        self.exchange.on_upstream_failed(RetryableStatus(self.status))
+
+    def on_upstream_failed(self, error: UpstreamError) -> None:
+        self.exchange.on_upstream_failed(RetryableStatus(self.status))
 
 
 class Cancelled(UpstreamError):
@@ -427,4 +473,4 @@ def _frame(chunk: bytes, chunked: bool) -> bytes:
     return chunk
 
 
-__all__ = ["IDEMPOTENT", "Exchange", "Proxy", "build_request_head"]
+__all__ = ["IDEMPOTENT", "Exchange", "Proxy", "RetryableStatus", "build_request_head"]
