@@ -348,6 +348,7 @@ UPSTREAM_CIRCUIT_STATE = REGISTRY.gauge(
     "Circuit breaker state of an upstream target: 0 closed, 1 open, 2 half-open.",
     ("service", "target"),
 )
+UPSTREAM_CIRCUIT_STATE.merge_max = True  # a sum of states means nothing; non-zero: not closed somewhere
 UPSTREAM_REQUESTS_IN_FLIGHT = REGISTRY.gauge(
     names.UPSTREAM_REQUESTS_IN_FLIGHT,
     "Requests sent to an upstream target and not finished.",
