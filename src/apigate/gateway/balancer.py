@@ -28,16 +28,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import ssl
 import time
 from collections.abc import Iterator, Sequence
 from typing import Final
-from urllib.parse import urlsplit
 
 from apigate.config.schema import UpstreamConfig
 from apigate.gateway.filters import Filter, Sample
 from apigate.gateway.router import Route
 from apigate.http.client import UpstreamPool
+from apigate.http.probe import probe
 from apigate.logs import events
 from apigate.telemetry.names import (
     UPSTREAM_CIRCUIT_STATE,
@@ -284,15 +283,16 @@ class UpstreamGroup:
     async def _probe_forever(self, target: Target) -> None:
         hc = self.cfg.health_check
         assert hc is not None
-        probe = Probe(target.url, hc.path, self.cfg.verify_tls, self.cfg.ca_path)
         while True:
             try:
                 async with asyncio.timeout(hc.timeout_secs):
-                    ok, detail = await probe.check()
+                    ok, detail = await probe(target.pool, hc.path)
             except TimeoutError:
                 ok, detail = False, f"no answer within {hc.timeout_secs:g}s"
             except OSError as e:
                 ok, detail = False, e.strerror or repr(e)[:200]
+            except Exception as e:  # a garbled answer (an overlong status line): unhealthy
+                ok, detail = False, f"{type(e).__name__}: {str(e)[:200]}"
             target.checked(ok, detail, hc.healthy_threshold, hc.unhealthy_threshold)
             await asyncio.sleep(hc.interval_secs)
 
@@ -303,46 +303,6 @@ class UpstreamGroup:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-class Probe:
-    """GET `path` on one target: 2xx or 3xx is healthy."""
-
-    def __init__(self, url: str, path: str, verify_tls: bool, ca_path: str | None) -> None:
-        parts = urlsplit(url)
-        self.tls = parts.scheme == "https"
-        self.host = parts.hostname or "localhost"
-        self.port = parts.port or (443 if self.tls else 80)
-        self.sslctx: ssl.SSLContext | None = None
-        if self.tls:
-            ctx = ssl.create_default_context(cafile=ca_path)
-            if not verify_tls:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            self.sslctx = ctx
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        self.host_header = host if parts.port is None else f"{host}:{self.port}"
-        self.request = (
-            f"GET {parts.path.rstrip('/')}{path} HTTP/1.1\r\nhost: {self.host_header}\r\n"
-            "user-agent: apigate-health\r\nconnection: close\r\n\r\n"
-        ).encode("latin-1")
-
-    async def check(self) -> tuple[bool, str]:
-        reader, writer = await asyncio.open_connection(
-            self.host, self.port, ssl=self.sslctx, server_hostname=self.host if self.sslctx else None
-        )
-        try:
-            writer.write(self.request)
-            line = await reader.readline()
-            fields = line.split(None, 2)
-            if len(fields) < 2 or not fields[0].startswith(b"HTTP/") or not fields[1].isdigit():
-                return False, "not an HTTP response"
-            status = int(fields[1])
-            return 200 <= status < 400, f"status {status}"
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
 
 class UpstreamsFilter(Filter):

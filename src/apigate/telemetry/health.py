@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
-from urllib.parse import urlsplit
 
 import orjson
 
+from apigate.http.client import UpstreamPool
+from apigate.http.probe import probe
 from apigate.redis.client import RedisClient
 from apigate.redis.endpoint import RedisTarget, ratelimit_target, session_target
 
@@ -193,39 +193,11 @@ def upstream_check(up: UpstreamConfig) -> Check:
 
 def target_check(up: UpstreamConfig, url: str) -> Check:
     """GET health_path (2xx or 3xx is healthy), or else a TCP (and TLS) connect."""
-    parts = urlsplit(url)
-    tls = parts.scheme == "https"
-    host = parts.hostname or "localhost"
-    port = parts.port or (443 if tls else 80)
-    sslctx: ssl.SSLContext | None = None
-    if tls:
-        sslctx = ssl.create_default_context(cafile=up.ca_path)
-        if not up.verify_tls:
-            sslctx.check_hostname = False
-            sslctx.verify_mode = ssl.CERT_NONE
-    path = up.health_path
-    host_header = host if parts.port is None else f"{host}:{port}"
+    pool = UpstreamPool(
+        url, max_idle=0, connect_timeout=up.connect_timeout_secs, verify_tls=up.verify_tls, ca_path=up.ca_path
+    )
 
     async def check() -> tuple[bool, str]:
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=sslctx, server_hostname=host if sslctx else None
-        )
-        try:
-            if path is None:
-                return True, "connected"
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nhost: {host_header}\r\nuser-agent: apigate-health\r\n"
-                "connection: close\r\n\r\n".encode("latin-1")
-            )
-            line = await reader.readline()
-            fields = line.split(None, 2)
-            if len(fields) < 2 or not fields[0].startswith(b"HTTP/") or not fields[1].isdigit():
-                return False, f"GET {path}: not an HTTP response"
-            status = int(fields[1])
-            return 200 <= status < 400, f"GET {path}: {status}"
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        return await probe(pool, up.health_path)
 
     return check
