@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from auth_fixtures import SECRET, jwt_token
 from harness import (
     APIGATE,
     Conn,
@@ -53,6 +54,7 @@ def ab(scripted: Any) -> tuple[ScriptedUpstream, ScriptedUpstream]:
     return scripted(named("A")), scripted(named("B"))
 
 
+NEW_SECRET = "rotated-secret-0123456789abcdef0123456"
 INFO_LOGS = {"level": "INFO", "sinks": [{"type": "stdout"}]}
 
 
@@ -69,6 +71,13 @@ def log_events(gw: Gateway, event_type: str) -> list[dict[str, Any]]:
         if f'"event_type":"{event_type}"' in line:
             out.append(json.loads(line))
     return out
+
+
+def with_metrics(gateway: GatewayFactory, upstreams: dict[str, Any], **sections: Any) -> tuple[Gateway, int]:
+    """A gateway logging at INFO with its metrics listener on a free port."""
+    port = free_port()
+    obs = {"metrics_enabled": True, "metrics_port": port}
+    return gateway(upstreams, logging=INFO_LOGS, observability=obs, **sections), port
 
 
 def metric(port: int, name: str, **labels: str) -> float:
@@ -131,12 +140,7 @@ def test_an_invalid_file_is_refused_with_every_error_and_the_old_config_serves(
     gateway: GatewayFactory, ab: tuple[ScriptedUpstream, ScriptedUpstream]
 ) -> None:
     a, _ = ab
-    metrics_port = free_port()
-    gw = gateway(
-        {"svc": a.url},
-        logging=INFO_LOGS,
-        observability={"metrics_enabled": True, "metrics_port": metrics_port},
-    )
+    gw, metrics_port = with_metrics(gateway, {"svc": a.url})
     rewrite(
         gw,
         upstreams=[{"id": "svc", "base_url": "ftp://nope", "timeout_secs": -1}],
@@ -156,12 +160,7 @@ def test_admin_post_and_the_reload_command(
     gateway: GatewayFactory, ab: tuple[ScriptedUpstream, ScriptedUpstream], tmp_path: Path
 ) -> None:
     a, b = ab
-    metrics_port = free_port()
-    gw = gateway(
-        {"svc": a.url},
-        logging=INFO_LOGS,
-        observability={"metrics_enabled": True, "metrics_port": metrics_port},
-    )
+    gw, metrics_port = with_metrics(gateway, {"svc": a.url})
     admin = f"http://127.0.0.1:{metrics_port}/admin/reload"
     assert httpx.get(admin).status_code == 405
     rewrite(gw, upstreams=[{"id": "svc", "base_url": b.url}])
@@ -216,3 +215,21 @@ def test_every_worker_reloads(gateway: GatewayFactory, ab: tuple[ScriptedUpstrea
     assert wait_until(lambda: len(listening_socket_owners(gw.port)) == 2, 15)
     assert {httpx.get(f"{gw.url}/x").text for _ in range(20)} == {"B"}
     assert gw.alive()
+
+
+def test_auth_keys_and_limits_change_for_new_requests(
+    gateway: GatewayFactory, ab: tuple[ScriptedUpstream, ScriptedUpstream]
+) -> None:
+    a, _ = ab
+    secure = {"id": "secure", "path": "/*", "upstream_id": "svc", "auth_required": True}
+    gw, metrics_port = with_metrics(gateway, {"svc": a.url}, routes=[secure], auth={"jwt_secret": SECRET})
+    old_token, new_token = jwt_token(SECRET), jwt_token(NEW_SECRET)
+    with httpx.Client() as client:
+        assert client.get(f"{gw.url}/x", headers={"authorization": f"Bearer {old_token}"}).status_code == 200
+        limited = {**secure, "rate_limit": {"limit": 2, "window_secs": 60, "key_type": "ip"}}
+        rewrite(gw, routes=[limited], auth={"jwt_secret": NEW_SECRET})
+        assert httpx.post(f"http://127.0.0.1:{metrics_port}/admin/reload").status_code == 200
+        # The same keep-alive connection: the new key, and the new limit.
+        assert client.get(f"{gw.url}/x", headers={"authorization": f"Bearer {old_token}"}).status_code == 401
+        ok = [client.get(f"{gw.url}/x", headers={"authorization": f"Bearer {new_token}"}) for _ in range(3)]
+    assert [r.status_code for r in ok] == [200, 200, 429]
