@@ -41,6 +41,14 @@ from apigate.telemetry.runtime import Telemetry
 if TYPE_CHECKING:
     from apigate.http.server import RequestCycle
 
+# Per-target gauges, rebuilt from the new targets at the next scrape after a reload.
+_TARGET_GAUGES: Final = (
+    metrics.UPSTREAM_TARGET_HEALTHY,
+    metrics.UPSTREAM_CIRCUIT_STATE,
+    metrics.UPSTREAM_REQUESTS_IN_FLIGHT,
+    metrics.UPSTREAM_POOL_CONNECTIONS,
+)
+
 # The metrics listener serves scrapes and probes: a few connections, small requests.
 ADMIN_LIMITS: Final = Limits(
     max_connections=64, idle_timeout=30, request_timeout=10, max_header_bytes=16384, max_body_bytes=1024
@@ -276,6 +284,8 @@ class Server:
             conn.handler = app.handle
             if conn.active is not None:
                 in_flight.append(conn.active)
+        for gauge in _TARGET_GAUGES:  # a target the new configuration dropped must not linger
+            gauge.series.clear()
         await self._reload_checks(cfg)
         del old_app  # its requests hold what they need; the filters and pools go below
         task = self.loop.create_task(self._retire(old_filters, list(old_upstreams.pools()), in_flight))

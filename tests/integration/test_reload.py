@@ -167,6 +167,8 @@ def test_admin_post_and_the_reload_command(
     r = httpx.post(admin)
     assert r.status_code == 200, r.text
     assert httpx.get(f"{gw.url}/x").text == "B"
+    scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    assert f'target="{b.url}"' in scrape and f'target="{a.url}"' not in scrape  # no stale target
     assert wait_until(lambda: bool(log_events(gw, "config_reloaded")), 10)
     [event] = log_events(gw, "config_reloaded")
     assert r.json()["config_hash"] == event["config_hash"]
