@@ -167,6 +167,7 @@ def test_a_killed_target_costs_no_idempotent_request_and_comes_back(
     finally:
         back.stop()
     assert '"event_type":"target_unhealthy"' in gw.stdout()
+    assert '"event_type":"circuit_open"' in gw.stdout()  # the breaker opened too
 
 
 def test_breaker_opens_on_failures_and_retries_are_counted(gateway: GatewayFactory, tmp_path: Path) -> None:
