@@ -200,7 +200,7 @@ def test_reload_command_bad_pid() -> None:
 
 def test_every_worker_reloads(gateway: GatewayFactory, ab: tuple[ScriptedUpstream, ScriptedUpstream]) -> None:
     a, b = ab
-    gw = gateway({"svc": a.url}, server={"workers": 2}, logging=INFO_LOGS)
+    gw, metrics_port = with_metrics(gateway, {"svc": a.url}, server={"workers": 2})
     # Both workers up (a worker still starting ignores SIGHUP: it reads the new file anyway).
     assert wait_until(lambda: len(listening_socket_owners(gw.port)) == 2, 15)
     rewrite(gw, upstreams=[{"id": "svc", "base_url": b.url}])
@@ -216,6 +216,12 @@ def test_every_worker_reloads(gateway: GatewayFactory, ab: tuple[ScriptedUpstrea
     assert wait_until(lambda: len(set(child_pids(gw.pid)) - {victim}) == 2, 15)
     assert wait_until(lambda: len(listening_socket_owners(gw.port)) == 2, 15)
     assert {httpx.get(f"{gw.url}/x").text for _ in range(20)} == {"B"}
+    # POST /admin/reload reaches one worker, which has the supervisor signal them all.
+    rewrite(gw, upstreams=[{"id": "svc", "base_url": a.url}])
+    accepted = httpx.post(f"http://127.0.0.1:{metrics_port}/admin/reload")
+    assert (accepted.status_code, accepted.json()["status"]) == (202, "reloading")
+    assert wait_until(lambda: len(log_events(gw, "config_reloaded")) == 4, 15)
+    assert {httpx.get(f"{gw.url}/x").text for _ in range(20)} == {"A"}
     assert gw.alive()
 
 
