@@ -196,6 +196,17 @@ def test_reload_command_bad_pid() -> None:
     done = subprocess.run([str(APIGATE), "reload", "--pid", "999999999"], capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.strip() == "apigate reload: no process 999999999"
+    # Not a gateway: SIGHUP would end it, so it is not sent.
+    with subprocess.Popen(["sleep", "30"]) as other:
+        try:
+            done = subprocess.run(
+                [str(APIGATE), "reload", "--pid", str(other.pid)], capture_output=True, text=True
+            )
+            assert done.returncode == 1
+            assert done.stderr.strip() == f"apigate reload: process {other.pid} is not apigate; not signalled"
+            assert other.poll() is None
+        finally:
+            other.kill()
 
 
 def test_every_worker_reloads(gateway: GatewayFactory, ab: tuple[ScriptedUpstream, ScriptedUpstream]) -> None:

@@ -14,6 +14,7 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -32,6 +33,19 @@ def run(args: argparse.Namespace) -> int:
     if pid <= 0:
         print(f"apigate reload: --pid must be a process id, not {pid}", file=sys.stderr)
         return 2
+    try:
+        # SIGHUP ends most other programs: make sure it is a gateway (where /proc exists).
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        if Path("/proc/self").exists():
+            print(f"apigate reload: no process {pid}", file=sys.stderr)
+            return 1
+    except OSError:
+        pass
+    else:
+        if b"apigate" not in cmdline:
+            print(f"apigate reload: process {pid} is not apigate; not signalled", file=sys.stderr)
+            return 1
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:
