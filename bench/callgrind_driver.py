@@ -9,6 +9,9 @@ is the gateway's user-space work only (HttpServerProtocol, App.handle, the filte
 bench/apigate-bench.yaml, the proxy, the upstream parser), repeatable to the instruction
 on a busy machine. Works on builds before and after the composition root moved App's
 construction to apigate/server.py, so that a change can be measured against its parent.
+
+`CALLGRIND_CONFIG` names another configuration (bench/traffic/*.yaml, with the same route)
+and `CALLGRIND_HEADER` adds one request header (bench/traffic_ab.sh --callgrind).
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ from typing import Any
 
 import uvloop
 
-REQUEST = b"GET /api/users HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+_EXTRA = os.environ.get("CALLGRIND_HEADER", "").encode("latin-1")
+REQUEST = (
+    b"GET /api/users HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: wrk\r\nAccept: */*\r\n"
+    + (_EXTRA + b"\r\n" if _EXTRA else b"")
+    + b"\r\n"
+)
 BODY = b'{"id":4,"name":"bench-user","email":"u@example.org"}'
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: application/json\r\n"
@@ -78,7 +86,8 @@ async def run(n: int) -> None:
 
     os.environ.setdefault("APIGATE_BENCH_PORT", "19301")
     os.environ.setdefault("APIGATE_BENCH_UPSTREAM", "http://127.0.0.1:19101")
-    cfg = load_config(os.path.join(os.path.dirname(__file__), "apigate-bench.yaml"))
+    default = os.path.join(os.path.dirname(__file__), "apigate-bench.yaml")
+    cfg = load_config(os.environ.get("CALLGRIND_CONFIG", default))
     handle, state, pool = build(cfg)
     upstream = UpstreamConnection(pool)
     upstream.connection_made(Transport())

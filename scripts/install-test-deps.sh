@@ -6,6 +6,8 @@
 #   wrk           (wrk)                      load generator (bench, load tests)
 #   promtool      (prometheus)               checks alert and recording rules
 #   amtool        (prometheus-alertmanager)  checks the Alertmanager config
+#   chromium      (chromium)                 a real browser applying CORS (tests/integration/test_traffic_cors.py)
+#   chromedriver  (chromium-driver)          drives it through selenium
 #   the linter shellcheck (shellcheck)       checks every script in scripts/ (tests/deploy)
 #
 # And kubectl (`kubectl kustomize` renders deploy/k8s offline, tests/deploy), which Debian
@@ -25,6 +27,8 @@ TOOLS=(
   "promtool prometheus /usr/bin/promtool"
   "amtool prometheus-alertmanager /usr/bin/amtool"
   "shellcheck shellcheck /usr/bin/shellcheck"
+  "chromium chromium /usr/bin/chromium"
+  "chromedriver chromium-driver /usr/bin/chromedriver"
 )
 
 have() {
@@ -55,7 +59,7 @@ if ! have kubectl /usr/bin/kubectl /usr/local/bin/kubectl; then
 fi
 
 if [ ${#missing_pkgs[@]} -eq 0 ]; then
-  echo "test tools: all present (redis-server nginx wrk promtool amtool shellcheck)"
+  echo "test tools: all present (redis-server nginx wrk promtool amtool shellcheck chromium chromedriver)"
   exit 0
 fi
 

@@ -37,6 +37,11 @@ HOT_MODULES = (
     "apigate.gateway.app",
     "apigate.logs.filter",  # its on_complete runs for every request
     "apigate.logs.access",  # the access event, built for every logged request
+    # Traffic features (docs/TRAFFIC.md): on the request path of every route that has them.
+    "apigate.gateway.clientip",
+    "apigate.iprules.filter",
+    "apigate.cors.filter",
+    "apigate.transforms.filter",
 )
 GROUP = "apigate_native"  # mypyc's shared runtime library: `apigate_native__mypyc*.so` in src/
 

@@ -18,6 +18,7 @@ from apigate import NATIVE, __version__
 from apigate.auth.cli import add_commands as add_auth_commands
 from apigate.config import ConfigError, load_config, summarize
 from apigate.config.schema import Config
+from apigate.loadtest.cli import add_command as add_loadtest_command
 from apigate.logs import events
 from apigate.ops.cli import add_commands as add_ops_commands
 from apigate.ops.reload import add_command as add_reload_command
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p, DEFAULT_DEMO_CONFIG)
     p.add_argument("--upstream-port", type=int, default=8081, help="demo upstream port (default 8081)")
     add_auth_commands(sub, _add_config)  # token, session create|revoke
+    add_loadtest_command(sub)  # loadtest: sets args.loadtest(args), needs no configuration
     add_ops_commands(sub)  # backup, restore, diagnose, capacity: ops(args), no config file
     add_reload_command(sub)  # reload --pid: ops(args)
     return parser
@@ -192,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_serve(args.config)
     if args.command == "demo":
         return cmd_demo(args.config, args.upstream_port)
+    if args.command == "loadtest":
+        return int(args.loadtest(args))
     if (ops := getattr(args, "ops", None)) is not None:
         return int(ops(args))
     run = getattr(args, "run", None)

@@ -60,6 +60,18 @@ def build_filters(cfg: Config, health: Health | None = None) -> list[Filter]:
     and adds correlation (X-Request-ID), which is always on. Each feature's package is
     imported only when it is configured (PyJWT, OpenTelemetry load only when used)."""
     filters: list[Filter] = []
+    from apigate.iprules.filter import has_rules
+
+    if has_rules(cfg):
+        from apigate.iprules.filter import IpRulesFilter
+
+        filters.append(IpRulesFilter(cfg))  # priority 3000, routes with rules only
+    from apigate.cors.filter import wanted as cors_wanted
+
+    if cors_wanted(cfg):
+        from apigate.cors.filter import CorsFilter
+
+        filters.append(CorsFilter(cfg))  # priority 2000, CORS routes (and unmatched preflights) only
     if cfg.auth is not None:
         from apigate.auth.filter import AuthFilter
 
@@ -68,6 +80,14 @@ def build_filters(cfg: Config, health: Health | None = None) -> list[Filter]:
         from apigate.ratelimit.filter import RateLimitFilter
 
         filters.append(RateLimitFilter(cfg))  # priority 910
+    if any(r.request_headers or r.response_headers for r in cfg.routes):
+        from apigate.transforms.filter import HeaderTransformFilter
+
+        filters.append(HeaderTransformFilter(cfg))  # priority 700, routes with transforms only
+    if cfg.plugins:
+        from apigate.plugins.loader import build_plugins
+
+        filters.extend(build_plugins(cfg))  # user filters, each behind a guard (docs/PLUGINS.md)
     from apigate.logs.filter import AccessLogFilter, wanted
 
     if wanted(cfg):
@@ -122,7 +142,14 @@ class Server:
         self.pools, groups, self.upstreams = build_upstreams(cfg.upstreams)
         if filters is None:
             filters = build_filters(cfg, self.health)
-        self.app = App(cfg.routes, [*filters, self.upstreams], self.pools, self.health.answer, groups)
+        self.app = App(
+            cfg.routes,
+            [*filters, self.upstreams],
+            self.pools,
+            self.health.answer,
+            cfg.server.websocket_idle_timeout_secs,
+            groups,
+        )
         if groups:
             self.health.details["upstreams"] = self.upstreams.readiness
         self.state.on_rejected = self.app.rejected
@@ -202,6 +229,7 @@ class Server:
         deadline = self.loop.time() + self.cfg.server.drain_timeout_secs
         while self.state.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
+        self.app.tunnels.going_away()  # WebSocket tunnels still open: a 1001 close frame each
         for conn in list(self.state.connections):
             conn.transport.abort()
         for pool in self.upstreams.pools():
@@ -252,7 +280,9 @@ class Server:
         filters = [*build_filters(cfg, self.health), upstreams]
         started: list[Filter] = []
         try:
-            app = App(cfg.routes, filters, pools, self.health.answer, groups)
+            app = App(
+                cfg.routes, filters, pools, self.health.answer, cfg.server.websocket_idle_timeout_secs, groups
+            )
             for f in app.filters:
                 await f.start()
                 started.append(f)
@@ -287,8 +317,10 @@ class Server:
         for gauge in _TARGET_GAUGES:  # a target the new configuration dropped must not linger
             gauge.series.clear()
         await self._reload_checks(cfg)
-        del old_app  # its requests hold what they need; the filters and pools go below
-        task = self.loop.create_task(self._retire(old_filters, list(old_upstreams.pools()), in_flight))
+        _hand_over_tunnels(old_app, app)  # open WebSockets stay open, owned by the new App
+        task = self.loop.create_task(
+            self._retire(old_app, old_filters, list(old_upstreams.pools()), in_flight)
+        )
         self.retiring.add(task)
         task.add_done_callback(self.retiring.discard)
         digest = config_hash(cfg)
@@ -356,12 +388,17 @@ class Server:
                 await cleanup()
 
     async def _retire(
-        self, filters: list[Filter], pools: Iterable[UpstreamPool], in_flight: list[RequestCycle]
+        self,
+        app: App,
+        filters: list[Filter],
+        pools: Iterable[UpstreamPool],
+        in_flight: list[RequestCycle],
     ) -> None:
         """Close what the old configuration used once its requests are done."""
         deadline = self.loop.time() + self.cfg.server.drain_timeout_secs
         while any(not c.finished for c in in_flight) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
+        _hand_over_tunnels(app, self.app)  # those whose handshake ended since the swap
         await close_all(filters)
         for pool in pools:
             pool.close()
@@ -403,6 +440,21 @@ async def close_all(filters: list[Filter]) -> None:
                 filter=f.name,
                 error=repr(e)[:200],
             )
+
+
+def _hand_over_tunnels(old: App, new: App) -> None:
+    """A reload must not close WebSocket tunnels: the old App's open ones move to the new
+    App's `Tunnels` (its metrics, its going-away frame at shutdown)."""
+    src, dst = old.tunnels, new.tunnels
+    if src is dst:
+        return
+    for tunnel in src.open:
+        tunnel.owner = dst
+        dst.open.add(tunnel)
+    src.open.clear()
+    for route, n in src.total.items():
+        dst.total[route] = dst.total.get(route, 0) + n
+    src.total.clear()
 
 
 def config_hash(cfg: Config) -> str:

@@ -831,6 +831,15 @@ class ScriptedUpstream:
             self.call(shutdown())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        if not self._thread.is_alive():
+            # Whatever is still pending (a TLS handshake the peer abandoned) ends here, on
+            # this thread, so that the loop closes with no task or transport left over.
+            pending = asyncio.all_tasks(self.loop)
+            for t in pending:
+                t.cancel()
+            with contextlib.suppress(Exception):
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                self.loop.run_until_complete(asyncio.sleep(0.01))
         self.loop.close()
 
     def requests_to(self, path: str) -> list[UpRequest]:

@@ -59,13 +59,11 @@ def test_headers_named_by_connection_are_removed_whatever_their_order(gw: Gatewa
 
 
 def test_upgrade_request_is_proxied_as_plain_http_and_the_connection_ends(gw: Gateway) -> None:
-    # No protocol switching (WebSocket is not proxied): Upgrade and Connection are dropped,
-    # the request is answered as an ordinary one, and the connection closes after it.
+    # Protocols other than WebSocket (tunnelled: test_traffic_websocket.py) are not switched
+    # to: Upgrade and Connection are dropped, the request is answered as an ordinary one,
+    # and the connection closes after it.
     with RawConn(gw.port) as c:
-        c.send(
-            b"GET /api/echo/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
+        c.send(b"GET /api/echo/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
         r = c.read_response()
         assert r.status == 200
         names = {h.split(":", 1)[0].lower() for h in r.json()["raw_headers"]}

@@ -7,6 +7,7 @@ flight; an invalid one is refused with every error logged, and the old one keeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -32,6 +33,9 @@ from harness import (
     listening_socket_owners,
     wait_until,
 )
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+from websockets.sync.server import ServerConnection, serve
 
 from apigate.telemetry import names
 from apigate.workers import RESTART_MIN_UPTIME_S
@@ -82,7 +86,8 @@ def with_metrics(gateway: GatewayFactory, upstreams: dict[str, Any], **sections:
 
 def metric(port: int, name: str, **labels: str) -> float:
     for line in httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        named = line.startswith((f"{name}{{", f"{name} "))
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -252,3 +257,30 @@ def test_auth_keys_and_limits_change_for_new_requests(
         assert client.get(f"{gw.url}/x", headers={"authorization": f"Bearer {old_token}"}).status_code == 401
         ok = [client.get(f"{gw.url}/x", headers={"authorization": f"Bearer {new_token}"}) for _ in range(3)]
     assert [r.status_code for r in ok] == [200, 200, 429]
+
+
+def test_an_open_websocket_survives_a_reload(gateway: GatewayFactory) -> None:
+    def echo(ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            for message in ws:
+                ws.send(message)
+
+    server = serve(echo, "127.0.0.1", free_port(), compression=None)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        ws_url = f"http://127.0.0.1:{server.socket.getsockname()[1]}"
+        gw, metrics_port = with_metrics(gateway, {"ws": ws_url})
+        with connect(f"ws://127.0.0.1:{gw.port}/ws/x", compression=None) as ws:
+            ws.send("before")
+            assert ws.recv(timeout=10) == "before"
+            rewrite(gw, routes=[{"id": "renamed", "path": "/*", "upstream_id": "ws"}])
+            assert httpx.post(f"http://127.0.0.1:{metrics_port}/admin/reload").status_code == 200
+            # The old filters close once the in-flight requests are done; the tunnel stays.
+            assert wait_until(lambda: metric(metrics_port, "websocket_connections_active") == 1, 10)
+            ws.send("after")
+            assert ws.recv(timeout=10) == "after"
+        assert wait_until(lambda: metric(metrics_port, "websocket_connections_active") == 0, 10)
+    finally:
+        server.shutdown()
+        thread.join(10)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from apigate.config.errors import KeyPath, Problem
 from apigate.config.files import MAX_PEM_BYTES, read_bounded, reason
+from apigate.config.plugins import PluginImportError, config_model, import_plugin
 from apigate.config.schema import (
     HTTP_METHODS,
     AuthConfig,
@@ -65,6 +66,7 @@ def cross_check(data: object, doc: Document, base_dir: str) -> list[Problem]:
     c.tls()
     c.upstream_cas()
     c.auth()
+    c.plugins()
     return c.problems
 
 
@@ -164,6 +166,45 @@ class _Checker:
                         f"ambiguous: route '{other_id}' (line {line}) already serves {shown} on {path}",
                     )
             seen.setdefault(shape, []).append((i, str(route.get("id", f"routes[{i}]")), wanted))
+
+    # ------------------------------------------------------------------ plugins
+    def plugins(self) -> None:
+        """Names unique and known to the routes; each class importable, its config valid."""
+        names: dict[str, int] = {}
+        for i, plugin in self.items("plugins"):
+            name = plugin.get("name")
+            if isinstance(name, str):
+                if name in names:
+                    line = self.doc.line_of(("plugins", names[name], "name"))
+                    self.add(("plugins", i, "name"), f"duplicate plugin name '{name}' (first on line {line})")
+                names.setdefault(name, i)
+            module, path = plugin.get("module"), plugin.get("path")
+            if not isinstance(module, str) or ":" not in module or not isinstance(path, str | None):
+                continue  # the schema reports the shape
+            try:
+                cls = import_plugin(module, self.resolve(path) if path else None)
+            except PluginImportError as e:
+                self.add(("plugins", i, "module"), str(e))
+                continue
+            model = config_model(cls)
+            settings = plugin.get("config", {})
+            if model is None or not isinstance(settings, dict):
+                continue
+            try:
+                model.model_validate(settings)
+            except ValidationError as e:
+                for err in e.errors(include_url=False):
+                    loc = tuple(err["loc"])
+                    message = err["msg"]
+                    if err["type"] == "extra_forbidden":
+                        known = ", ".join(model.model_fields) if len(loc) == 1 else ""
+                        message = f"unknown key '{loc[-1]}'" + (f" (valid keys: {known})" if known else "")
+                    self.add(("plugins", i, "config", *loc), message)
+        for i, route in self.items("routes"):
+            listed = route.get("plugins")
+            for j, name in enumerate(listed if isinstance(listed, list) else []):
+                if isinstance(name, str) and name not in names:
+                    self.add(("routes", i, "plugins", j), f"unknown plugin '{name}'")
 
     # ------------------------------------------------------------------ ports
     def metrics_port(self) -> None:

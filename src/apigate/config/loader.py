@@ -137,6 +137,9 @@ def _resolve_paths(cfg: Config, base_dir: str) -> Config:
         else s
         for s in cfg.logging.sinks
     ]
+    update["plugins"] = [
+        p.model_copy(update={"path": absolute(p.path)}) if p.path else p for p in cfg.plugins
+    ]
     update["logging"] = cfg.logging.model_copy(
         update={"sinks": sinks, "spool_dir": absolute(cfg.logging.spool_dir)}
     )

@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from apigate.http.headers import CONTENT_LENGTH, EXPECT, GATEWAY_SET_REQUEST, HOP_BY_HOP, X_FORWARDED_FOR
+from apigate.http.headers import (
+    CONTENT_LENGTH,
+    EXPECT,
+    GATEWAY_SET_REQUEST,
+    HOP_BY_HOP,
+    X_FORWARDED_FOR,
+    X_USER_ID,
+)
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveSecs = Annotated[float, Field(gt=0)]
@@ -59,6 +66,19 @@ def _check_id(v: str) -> str:
     return v
 
 
+def _check_networks(v: list[str] | None) -> list[str] | None:
+    """Addresses and CIDRs, v4 or v6 (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`)."""
+    for cidr in v or ():
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"'{cidr}' is not an IP address or CIDR") from None
+    return v
+
+
+Networks = Annotated[list[str], AfterValidator(_check_networks)]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -98,7 +118,10 @@ class ServerConfig(Section):
     drain_timeout_secs: PositiveSecs = Field(
         30, description="On SIGTERM/SIGINT, how long in-flight requests may finish before being cut."
     )
-    trusted_proxies: list[str] = Field(
+    websocket_idle_timeout_secs: PositiveSecs = Field(
+        300, description="A WebSocket tunnel silent both ways this long is closed (1001 going away)."
+    )
+    trusted_proxies: Networks = Field(
         default_factory=list, description="CIDRs whose X-Forwarded-For is believed for the client ip."
     )
     tls: TlsConfig | None = Field(None, description="Serve HTTPS on the proxy listener.")
@@ -106,16 +129,6 @@ class ServerConfig(Section):
         False,
         description="Forward request headers whose name has '_' (false: dropped, as nginx does).",
     )
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _cidrs(cls, v: list[str]) -> list[str]:
-        for cidr in v:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ValueError(f"'{cidr}' is not an IP address or CIDR") from None
-        return v
 
 
 # ----------------------------------------------------------------------------- logging
@@ -518,6 +531,154 @@ class UpstreamConfig(Section):
         return self.targets
 
 
+# ----------------------------------------------------------------------------- header transforms
+TRANSFORM_VARIABLES = ("client_ip", "request_id", "route_id", "user")
+TRANSFORM_TOKEN = re.compile(r"\$\$|\$([A-Za-z_][A-Za-z0-9_]*)")  # `$$` is a literal `$`
+# Fields that frame the message, that the gateway sets itself, or that say who the user is
+# (RFC 9110 §7.6.1 hop-by-hop, Host): a transform cannot set, add or remove them.
+_NOT_TRANSFORMABLE = frozenset(
+    h.decode()
+    for h in HOP_BY_HOP | GATEWAY_SET_REQUEST | {CONTENT_LENGTH, EXPECT, X_FORWARDED_FOR, X_USER_ID}
+)
+
+
+def _check_transform_name(name: str) -> str:
+    lowered = name.lower()
+    if not _TOKEN.match(name):
+        raise ValueError(f"'{name}' is not a header name")
+    if lowered in _NOT_TRANSFORMABLE:
+        raise ValueError(
+            f"'{name}' is hop-by-hop, frames the message or is set by the gateway; it cannot be transformed"
+        )
+    return lowered
+
+
+def _check_transform_value(name: str, value: str) -> None:
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError(f"the value of '{name}' contains a line break or NUL")
+    for m in TRANSFORM_TOKEN.finditer(value):
+        var = m.group(1)
+        if var is not None and var not in TRANSFORM_VARIABLES:
+            known = ", ".join("$" + v for v in TRANSFORM_VARIABLES)
+            raise ValueError(f"unknown variable ${var} in '{name}' (known: {known}; $$ is a literal $)")
+
+
+class HeaderTransformConfig(Section):
+    set: dict[str, str] = Field(
+        default_factory=dict, description="Header -> value, replacing every copy already there."
+    )
+    add: dict[str, str] = Field(
+        default_factory=dict, description="Header -> value, added beside any copy already there."
+    )
+    remove: list[str] = Field(default_factory=list, description="Headers removed (every copy).")
+
+    @model_validator(mode="after")
+    def _names_and_values(self) -> HeaderTransformConfig:
+        seen: dict[str, str] = {}
+        for kind, names in (("set", list(self.set)), ("add", list(self.add)), ("remove", self.remove)):
+            for name in names:
+                lowered = _check_transform_name(name)
+                if lowered in seen:
+                    raise ValueError(
+                        f"'{name}' is given in both {seen[lowered]} and {kind}"
+                        if seen[lowered] != kind
+                        else f"'{name}' is given twice in {kind}"
+                    )
+                seen[lowered] = kind
+        for name, value in (*self.set.items(), *self.add.items()):
+            _check_transform_value(name, value)
+        return self
+
+
+# ----------------------------------------------------------------------------- CORS
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#\s]+$")
+CORS_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+class CorsConfig(Section):
+    allow_origins: list[str] = Field(
+        min_length=1,
+        description="Origins allowed: exact ('https://app.example.com'), '*' (any), "
+        "or a regex after '~' ('~^https://[a-z0-9-]+\\.example\\.com$').",
+    )
+    allow_methods: list[str] = Field(
+        default_factory=lambda: list(CORS_METHODS), description="Methods a preflight may ask for."
+    )
+    allow_headers: list[str] = Field(
+        default_factory=list,
+        description="Request headers a preflight may ask for besides the CORS-safelisted ones; '*': any.",
+    )
+    expose_headers: list[str] = Field(
+        default_factory=list, description="Response headers the page's script may read."
+    )
+    allow_credentials: bool = Field(
+        False, description="Allow cookies and Authorization (the origin is echoed, never '*')."
+    )
+    max_age_secs: int = Field(600, ge=0, le=86400, description="How long a browser may cache a preflight.")
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if origin.startswith("~"):
+                try:
+                    re.compile(origin[1:])
+                except re.error as e:
+                    raise ValueError(f"'{origin}' is not a regular expression: {e}") from None
+            elif origin not in ("*", "null") and not _ORIGIN.match(origin.lower()):
+                raise ValueError(
+                    f"'{origin}' is not an origin (scheme://host[:port], no path), '*' or '~regex'"
+                )
+        return v
+
+    @field_validator("allow_methods")
+    @classmethod
+    def _cors_methods(cls, v: list[str]) -> list[str]:
+        out = [m.upper() for m in v]
+        bad = [m for m in out if m not in HTTP_METHODS]
+        if bad:
+            raise ValueError(f"unknown method(s) {', '.join(bad)}")
+        return out
+
+    @field_validator("allow_headers", "expose_headers")
+    @classmethod
+    def _header_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name != "*" and not _TOKEN.match(name):
+                raise ValueError(f"'{name}' is not a header name")
+        return v
+
+
+# ----------------------------------------------------------------------------- plugins
+_PLUGIN_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class PluginConfig(Section):
+    name: str = Field(
+        description="The plugin's name: routes[].plugins, logs and plugin_errors_total{plugin}."
+    )
+    module: str = Field(description="Where the filter class is: 'package.module:ClassName'.")
+    path: str | None = Field(
+        None, description="Directory added to Python's import path first (relative: to the config file)."
+    )
+    priority: int | None = Field(
+        None,
+        description="Order in the chain, higher first (auth is 1250, rate limits 910); default: the class's.",
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Settings, validated by the plugin class's own Config model."
+    )
+
+    _name = field_validator("name")(_check_id)
+
+    @field_validator("module")
+    @classmethod
+    def _module(cls, v: str) -> str:
+        if not _PLUGIN_MODULE.match(v):
+            raise ValueError(f"'{v}' is not 'package.module:ClassName'")
+        return v
+
+
 class RouteConfig(Section):
     id: str = Field(description="Route name, the 'route' label of metrics.")
     methods: list[str] = Field(
@@ -531,7 +692,32 @@ class RouteConfig(Section):
         None, description="Limit for this route; false disables the default."
     )
     strip_prefix: bool = Field(False, description="Remove the route's literal prefix before forwarding.")
+    websocket: bool = Field(
+        True, description="Tunnel WebSocket upgrades to the upstream; false answers them 400."
+    )
     rewrite: str | None = Field(None, description="Upstream path template; {param} and {*} are filled in.")
+    request_headers: HeaderTransformConfig | None = Field(
+        None,
+        description="Headers set, added or removed on the way to the upstream "
+        "($client_ip, $request_id, $route_id, $user).",
+    )
+    response_headers: HeaderTransformConfig | None = Field(
+        None, description="Headers set, added or removed on the way to the client (same variables)."
+    )
+    cors: CorsConfig | Literal[False] | None = Field(
+        None, description="CORS for this route (replaces the top-level cors); false turns it off."
+    )
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Plugins (by name) for this route; a plugin no route lists runs on every route.",
+    )
+    ip_allow: Networks | None = Field(
+        None, description="Client addresses/CIDRs admitted on this route (replaces the top-level ip_allow)."
+    )
+    ip_deny: Networks = Field(
+        default_factory=list,
+        description="Client addresses/CIDRs refused on this route, besides the top-level ip_deny.",
+    )
     keep_encoded_slashes: bool = Field(
         False,
         description="Forward paths with %2F, %5C or '\\' (false: 400) if decoded they match this route too.",
@@ -582,3 +768,16 @@ class Config(Section):
     rate_limiting: RateLimitingConfig | None = Field(None, description="Request limits.")
     upstreams: list[UpstreamConfig] = Field(default_factory=list, description="Services behind the gateway.")
     routes: list[RouteConfig] = Field(default_factory=list, description="Path and method to upstream.")
+    plugins: list[PluginConfig] = Field(
+        default_factory=list, description="Python filters of your own (docs/PLUGINS.md)."
+    )
+    cors: CorsConfig | None = Field(
+        None, description="CORS for every route (browsers calling from other origins)."
+    )
+    ip_allow: Networks = Field(
+        default_factory=list, description="Client addresses/CIDRs admitted on every route (empty: all)."
+    )
+    ip_deny: Networks = Field(
+        default_factory=list,
+        description="Client addresses/CIDRs refused on every route; deny wins over allow.",
+    )

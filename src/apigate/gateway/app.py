@@ -22,6 +22,7 @@ from apigate.gateway.filters import Filter, FilterChain, RequestContext, Respons
 from apigate.gateway.paths import decoded_slashes, split_target
 from apigate.gateway.proxy import IDEMPOTENT, Proxy, RetryableStatus
 from apigate.gateway.router import Match, NoMatch, Route, Router
+from apigate.gateway.tunnel import Tunnels, refuse, wants_websocket
 from apigate.http.client import ConnectFailed, ConnectionReset, ConnectTimeout, UpstreamError, UpstreamPool
 from apigate.http.errors import error_body, error_headers, json_headers
 from apigate.logs import events
@@ -49,6 +50,7 @@ class App:
         filters: Sequence[Filter],
         pools: Mapping[str, UpstreamPool],
         local_answers: LocalAnswers | None = None,
+        websocket_idle_timeout: float = 300.0,
         groups: Mapping[str, UpstreamGroup] | None = None,
     ) -> None:
         """`filters`: the configured ones (correlation is added here, always first);
@@ -56,7 +58,9 @@ class App:
         whose requests pick a target (several targets, health, breaker or retries)."""
         self.loop = asyncio.get_running_loop()
         self.router = Router(routes)
-        self.filters: list[Filter] = [CorrelationFilter(), *filters]
+        # WebSocket tunnels (gateway/tunnel.py): a filter for its lifecycle and metrics only.
+        self.tunnels = Tunnels(self._reply, websocket_idle_timeout)
+        self.filters: list[Filter] = [CorrelationFilter(), *filters, self.tunnels]
         # The compiled route table, by Route.index: what runs for each route.
         self.chains = [FilterChain([f for f in self.filters if f.applies_to(r)]) for r in self.router.routes]
         self.route_pools = [pools[r.upstream_id] for r in self.router.routes]
@@ -119,6 +123,12 @@ class App:
                     return
                 ctx.pool = pool
             path = ctx.path if route.passthrough else route.upstream_path(ctx.path, ctx.params)
+            if ctx.cycle.upgrade and wants_websocket(ctx.cycle.headers):
+                if route.config.websocket:
+                    self.tunnels.start_tunnel(ctx, path.encode("latin-1"))
+                else:
+                    self._reply(ctx, refuse(ctx))
+                return
             self.proxy.start(ctx, path.encode("latin-1"))
         else:
             assert isinstance(match, NoMatch)

@@ -73,6 +73,10 @@ class RequestContext:
     user: str | None = None
     claims: dict[str, Any] | None = None
     response_headers: Headers  # added to every response by filters
+    # Fields of the upstream's response not to forward (lowercase names), set by a filter
+    # on the way in (header transforms); None on nearly every request.
+    drop_response_fields: set[bytes] | None = None
+    drop_response_mask = 0  # headers.length_mask of those names: most fields are ruled out by length
     completed = False
     trace_spans: tuple[Any, Any] | None = None  # (server span, client span) when tracing
     chain: FilterChain  # the route's chain, or the one for requests that matched no route

@@ -30,6 +30,7 @@ from apigate.http.client import (
     UpstreamConnection,
     UpstreamError,
     UpstreamPool,
+    _drop_named,
 )
 from apigate.http.headers import (
     CONTENT_LENGTH,
@@ -38,6 +39,7 @@ from apigate.http.headers import (
     HOP_BY_HOP,
     HOST,
     X_FORWARDED_FOR,
+    X_USER_ID,
     Headers,
     chunk_size_line,
     content_length_line,
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
 
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 REPLAY_MAX_BYTES: Final = 64 * 1024  # request bodies up to this size are kept for one retry
-_SKIP_REQUEST: Final = HOP_BY_HOP | GATEWAY_SET_REQUEST | {CONTENT_LENGTH, EXPECT, X_FORWARDED_FOR}
+_SKIP_REQUEST: Final = HOP_BY_HOP | GATEWAY_SET_REQUEST | {CONTENT_LENGTH, EXPECT, X_FORWARDED_FOR, X_USER_ID}
 _PROTO_HTTP: Final = b"\r\nx-forwarded-proto: http\r\n"
 _PROTO_HTTPS: Final = b"\r\nx-forwarded-proto: https\r\n"
 _now: Final = clock.now  # a C static: the module attribute would be looked up per call
@@ -76,6 +78,14 @@ def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: b
                 xff = value if xff is None else xff + b", " + value
             elif name == HOST:
                 host = value
+            elif name == X_USER_ID:
+                # Only the identity a filter established goes upstream (auth sets both);
+                # a client's own X-User-ID never does, with or without auth configured.
+                user = ctx.user
+                if user is not None and value == user.encode():
+                    out.append(b"x-user-id: ")
+                    out.append(value)
+                    out.append(b"\r\n")
             # The fields a Connection header names were already dropped by the listener,
             # before any filter added its own (http/server.py, on_headers_complete).
             continue
@@ -101,6 +111,17 @@ def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: b
             out.append(b"transfer-encoding: chunked\r\n")
     out.append(b"\r\n")
     return b"".join(out)
+
+
+def _drop_fields(lines: list[bytes], names: set[bytes], mask: int) -> list[bytes]:
+    """The upstream's serialized fields without those a filter named (lowercase names);
+    the list itself when none is there. A field whose name length no name has is passed
+    over without lowering it (`length_mask`), which is nearly every field."""
+    for i in range(0, len(lines), 4):
+        name = lines[i]
+        if mask >> len(name) & 1 and name.lower() in names:
+            return _drop_named(lines, names)
+    return lines
 
 
 # One freed instance is kept for the next request (compiled): per-request objects are
@@ -188,6 +209,9 @@ class Exchange(ResponseSink):
         self.got_head = True
         now = _now()
         ctx.upstream_duration = now - ctx.start
+        drop = ctx.drop_response_fields
+        if drop is not None:
+            lines = _drop_fields(lines, drop, ctx.drop_response_mask)
         added: Headers = list(ctx.response_headers) if ctx.response_headers else []
         self.chain.run_response(ctx, status, added)
         for name, value in added:

@@ -39,7 +39,6 @@ X_REQUEST_ID: Final = b"x-request-id"
 X_FORWARDED_FOR: Final = b"x-forwarded-for"
 X_FORWARDED_PROTO: Final = b"x-forwarded-proto"
 X_FORWARDED_HOST: Final = b"x-forwarded-host"
-
 # Headers the gateway itself sets on the upstream request; a client's copies are dropped
 # so a client cannot forge them (X-Forwarded-For is appended to, not replaced).
 GATEWAY_SET_REQUEST: Final[frozenset[bytes]] = frozenset(
@@ -52,6 +51,8 @@ MAX_REQUEST_ID_CHARS: Final = 128
 # field): the authority, the correlation id, the forwarding chain and the identity the
 # gateway vouches for. Naming them is ignored; every other named field is dropped from
 # what the client sent before the gateway adds its own headers.
+# X-User-ID goes upstream only with the identity a filter established (`RequestContext.user`),
+# never as a client wrote it, whether or not auth is configured (gateway/proxy.py).
 X_USER_ID: Final = b"x-user-id"
 CONNECTION_PROTECTED: Final[frozenset[bytes]] = frozenset(
     {HOST, X_REQUEST_ID, X_USER_ID, CONTENT_LENGTH, TRANSFER_ENCODING}

@@ -170,6 +170,11 @@ class RequestCycle:
     # else the body bytes that went through write().
     response_length: int | None = None
     body_bytes = 0
+    # Protocol switching (RFC 9110 §7.8; WebSocket, RFC 6455 §4): the request asked for an
+    # Upgrade, and the bytes the client sent after its head (the new protocol's first ones),
+    # kept for whoever takes the connection over (`HttpServerProtocol.detach`).
+    upgrade = False
+    upgrade_rest = b""
 
     def __init__(
         self,
@@ -230,7 +235,7 @@ class RequestCycle:
             self.keep_alive = False
         out = lines
         out.insert(0, status_line(status))
-        if content_length is not None:
+        if content_length is not None and status != 204:  # RFC 9110 §8.6: none in a 204
             out.append(content_length_line(content_length))
             self.response_length = content_length if self.write_body else 0
         elif status >= 200 and status not in (204, 304) and self.write_body:
@@ -429,7 +434,15 @@ class HttpServerProtocol:
         except HttpError as e:
             self._fail(e.code)
             return
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as e:
+            active = self.active
+            if active is not None and active.upgrade and not active.response_started and not self.pipeline:
+                # The handler may still switch protocols (a WebSocket tunnel, once the
+                # upstream agrees): keep what followed the head and read no more until it
+                # decides. Any other answer closes the connection after it (keep_alive).
+                active.upgrade_rest = data[e.args[0] :]
+                self.pause_reading()
+                return
             # No protocol switching: the request is proxied as plain HTTP (Upgrade is
             # hop-by-hop and dropped), and the connection closes after it.
             if self.parsing is not None:
@@ -556,6 +569,8 @@ class HttpServerProtocol:
             # Fields the client's Connection names go now, before the gateway adds its own
             # (X-User-ID, claim headers): a client cannot make the gateway drop those.
             drop = connection_named(named)
+            if b"upgrade" in drop and parser.should_upgrade():
+                drop = drop - {b"upgrade"}  # the protocol asked for: the gateway reads it (WebSocket)
             if drop:
                 self.headers = [h for h in self.headers if h[0] not in drop]
         body: BodyReader | None = None
@@ -581,6 +596,9 @@ class HttpServerProtocol:
             self.dropped = None
         if expect:
             cycle.expect_continue = True
+        if connection and parser.should_upgrade():  # only requests with a Connection header ask
+            cycle.upgrade = True
+            cycle.keep_alive = False  # llhttp reads nothing after an upgrade request
         if request_id is not None:
             cycle.client_request_id = request_id
         self.parsing = cycle
@@ -746,6 +764,23 @@ class HttpServerProtocol:
     def abort_response(self) -> None:
         """The response broke after it started: closing is the only way to tell the client."""
         self._close()
+
+    def detach(self) -> bytes:
+        """Hand the connection over after a `101 Switching Protocols` (RFC 9110 §15.2.2):
+        the caller sets its own protocol on `self.transport` and resumes reading. Returns the
+        bytes the client sent after its request head. The listener's timeouts stop; the
+        connection stays in `state.connections` (draining waits for it) until the new owner
+        ends it with `connection_lost`."""
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+        self.watch_at = -INF  # never re-armed: `watch()` only arms earlier deadlines
+        cycle = self.active
+        rest = b""
+        if cycle is not None:
+            rest, cycle.upgrade_rest = cycle.upgrade_rest, b""
+            cycle.handler_deadline = 0.0
+        return rest
 
     def shutdown(self) -> None:
         """Drain: close if idle; else answer every request already received (the active one

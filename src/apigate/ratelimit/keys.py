@@ -1,12 +1,7 @@
 """Who a request counts against: the client ip rule and the counter key.
 
 Client ip (what `key_type: ip` counts, and the fallback of the other key types): the
-socket peer, unless the peer is one of `server.trusted_proxies`; then X-Forwarded-For is
-read from the right (each proxy appends the address it received from), skipping trusted
-hops, and the first untrusted entry is the client. Entries left of it were written by the
-client itself and are never used, so a client cannot choose its own key; without
-trusted_proxies the header is ignored entirely. A malformed entry stops the walk at the
-hop that sent it (that hop is then the client), as nginx's realip module does.
+rule in apigate/gateway/clientip.py, shared with IP rules and header transforms.
 
 Keys are bytes: `rl:<scope>:<algorithm>:<key_type>:<value>` where scope is `r:<route id>`
 for a route's own limit or `d` for the shared default limit, so two routes never share a
@@ -18,75 +13,11 @@ hashed (BLAKE2b, 128 bits): Redis key names show up in MONITOR and SLOWLOG.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
-from collections.abc import Sequence
 
-from apigate.http.headers import X_FORWARDED_FOR
+from apigate.gateway.clientip import ClientIp, IpNetwork, parse_networks
 
 KEY_PREFIX = b"rl:"
 MAX_PLAIN_VALUE = 64  # bytes kept as they are in a key; longer values are hashed
-_TRUST_CACHE_MAX = 4096
-
-IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_networks(cidrs: Sequence[str]) -> tuple[IpNetwork, ...]:
-    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
-
-
-def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """An X-Forwarded-For entry: `1.2.3.4`, `1.2.3.4:567`, `::1`, `[::1]:567`."""
-    text = text.strip()
-    if text.startswith("["):
-        end = text.find("]")
-        text = text[1:end] if end > 0 else ""
-    elif text.count(":") == 1:
-        text = text.split(":", 1)[0]
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
-class ClientIp:
-    """The client-ip rule for one set of trusted proxies."""
-
-    def __init__(self, trusted_proxies: Sequence[str]) -> None:
-        self.networks = parse_networks(trusted_proxies)
-        self._peer_trusted: dict[str, bool] = {}
-
-    def is_trusted(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        return any(addr.version == n.version and addr in n for n in self.networks)
-
-    def _peer_is_trusted(self, peer: str) -> bool:
-        known = self._peer_trusted.get(peer)
-        if known is None:
-            addr = _parse_ip(peer)
-            known = addr is not None and self.is_trusted(addr)
-            if len(self._peer_trusted) >= _TRUST_CACHE_MAX:
-                self._peer_trusted.clear()
-            self._peer_trusted[peer] = known
-        return known
-
-    def resolve(self, peer: str, headers: Sequence[tuple[bytes, bytes]]) -> str:
-        if not self.networks or not self._peer_is_trusted(peer):
-            return peer
-        entries: list[str] = []
-        for name, value in headers:
-            if name == X_FORWARDED_FOR:
-                entries.extend(value.decode("latin-1").split(","))
-        client = peer
-        for entry in reversed(entries):
-            addr = _parse_ip(entry)
-            if addr is None:
-                return client
-            client = str(addr)
-            if not self.is_trusted(addr):
-                return client
-        return client  # every hop trusted: the left-most one
 
 
 def _value(raw: bytes, hashed: bool) -> bytes:
@@ -104,3 +35,14 @@ def key_for(prefix: bytes, kind: bytes, value: bytes, hashed: bool = False) -> b
     """`kind` says which identity the value is (`ip`, `user`, …): a header-keyed counter
     falls back to the ip when the header is missing, and the two must not collide."""
     return prefix + kind + b"=" + _value(value, hashed)
+
+
+__all__ = [
+    "KEY_PREFIX",
+    "MAX_PLAIN_VALUE",
+    "ClientIp",
+    "IpNetwork",
+    "key_for",
+    "parse_networks",
+    "scope_prefix",
+]

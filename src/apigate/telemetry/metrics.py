@@ -308,6 +308,22 @@ class _ErrorRate:
 
 REGISTRY.derived[HTTP_ERROR_RATE.name] = _ErrorRate()
 
+# Traffic features (issue 15): filled in from the filters' samples() at scrape time.
+ACCESS_DENIED = REGISTRY.counter(
+    names.ACCESS_DENIED_TOTAL, "Requests refused 403 by IP rules, by route and reason.", ("route", "reason")
+)
+WEBSOCKET_CONNECTIONS_ACTIVE = REGISTRY.gauge(
+    names.WEBSOCKET_CONNECTIONS_ACTIVE, "WebSocket (and other upgraded) tunnels open right now."
+)
+WEBSOCKET_CONNECTIONS = REGISTRY.counter(
+    names.WEBSOCKET_CONNECTIONS_TOTAL,
+    "WebSocket tunnels opened (101 from the upstream), by route.",
+    ("route",),
+)
+PLUGIN_ERRORS = REGISTRY.counter(
+    names.PLUGIN_ERRORS_TOTAL, "Exceptions raised by a Python plugin, by plugin name.", ("plugin",)
+)
+
 # Rate limiting (issue 4): the ratelimit package increments these.
 RATE_LIMITED_REQUESTS = REGISTRY.counter(
     names.RATE_LIMITED_REQUESTS_TOTAL,

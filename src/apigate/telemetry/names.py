@@ -28,6 +28,10 @@ LOG_EVENTS_DROPPED_TOTAL: Final = "log_events_dropped_total"  # {sink, reason}
 LOG_SINK_ERRORS_TOTAL: Final = "log_sink_errors_total"  # {sink}: failed deliveries (batch or item)
 LOG_SINK_QUEUE_DEPTH: Final = "log_sink_queue_depth"  # {sink}: gauge, events waiting in memory
 LOG_SPOOL_BYTES: Final = "log_spool_bytes"  # {sink}: gauge, bytes waiting in the disk spool
+ACCESS_DENIED_TOTAL: Final = "access_denied_total"  # {route, reason}: refused by IP rules
+WEBSOCKET_CONNECTIONS_ACTIVE: Final = "websocket_connections_active"  # gauge: open tunnels
+WEBSOCKET_CONNECTIONS_TOTAL: Final = "websocket_connections_total"  # {route}: tunnels opened
+PLUGIN_ERRORS_TOTAL: Final = "plugin_errors_total"  # {plugin}: exceptions raised by a plugin
 # Upstream targets (issue 16): gauges and counters per service and target (its url).
 UPSTREAM_TARGET_HEALTHY: Final = "upstream_target_healthy"  # {service, target}: 1 receives traffic
 UPSTREAM_CIRCUIT_STATE: Final = "upstream_circuit_state"  # {service, target}: 0 closed, 1 open, 2 half-open

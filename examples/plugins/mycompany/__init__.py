@@ -1,0 +1,1 @@
+"""An example plugin package (docs/PLUGINS.md): `module: "mycompany.audit:AuditFilter"`."""

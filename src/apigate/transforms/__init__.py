@@ -1,0 +1,1 @@
+"""Per-route header transforms: `request_headers` and `response_headers` (set, add, remove)."""
