@@ -37,6 +37,7 @@ from apigate.telemetry import metrics
 from apigate.telemetry.admin import AdminApp
 from apigate.telemetry.health import Health, add_configured_checks
 from apigate.telemetry.runtime import Telemetry
+from apigate.telemetry.status import status_page
 
 if TYPE_CHECKING:
     from apigate.http.server import RequestCycle
@@ -205,7 +206,13 @@ class Server:
         if obs.metrics_enabled:
             # The metrics listener stays open while draining: readiness must say 503 then.
             host = obs.metrics_bind_address or s.bind_address
-            admin = AdminApp(self.state, self.health, obs.metrics_enabled, self.admin_reload(host))
+            admin = AdminApp(
+                self.state,
+                self.health,
+                obs.metrics_enabled,
+                *status_page(self.cfg, self.health, host),
+                reload=self.admin_reload(host),
+            )
             self.admin_server = await self.loop.create_server(
                 make_protocol_factory(admin.handle, ServerState(ADMIN_LIMITS), "http"),
                 host,

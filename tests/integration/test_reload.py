@@ -37,6 +37,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.sync.server import ServerConnection, serve
 
+from apigate.gateway.balancer import target_name
 from apigate.telemetry import names
 from apigate.workers import RESTART_MIN_UPTIME_S
 
@@ -165,15 +166,17 @@ def test_admin_post_and_the_reload_command(
     gateway: GatewayFactory, ab: tuple[ScriptedUpstream, ScriptedUpstream], tmp_path: Path
 ) -> None:
     a, b = ab
-    gw, metrics_port = with_metrics(gateway, {"svc": a.url})
+    # Balanced (retries): its targets have gauges, which must follow the reload.
+    gw, metrics_port = with_metrics(gateway, {"svc": {"targets": [{"url": a.url}], "retries": {}}})
     admin = f"http://127.0.0.1:{metrics_port}/admin/reload"
     assert httpx.get(admin).status_code == 405
-    rewrite(gw, upstreams=[{"id": "svc", "base_url": b.url}])
+    rewrite(gw, upstreams=[{"id": "svc", "targets": [{"url": b.url}], "retries": {}}])
     r = httpx.post(admin)
     assert r.status_code == 200, r.text
     assert httpx.get(f"{gw.url}/x").text == "B"
     scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
-    assert f'target="{b.url}"' in scrape and f'target="{a.url}"' not in scrape  # no stale target
+    old, new = target_name(a.url), target_name(b.url)
+    assert f'target="{new}"' in scrape and f'target="{old}"' not in scrape  # no stale target
     assert wait_until(lambda: bool(log_events(gw, "config_reloaded")), 10)
     [event] = log_events(gw, "config_reloaded")
     assert r.json()["config_hash"] == event["config_hash"]

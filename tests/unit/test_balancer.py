@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from apigate.config.schema import Config, UpstreamConfig
-from apigate.gateway.balancer import CircuitState, Target, UpstreamGroup, build_upstreams
+from apigate.gateway.balancer import CircuitState, Target, UpstreamGroup, build_upstreams, target_name
 
 
 def in_loop(fn: Callable[[], Awaitable[None]]) -> Callable[[], None]:
@@ -160,10 +160,13 @@ async def test_one_plain_target_gets_no_group() -> None:
         [UpstreamConfig.model_validate({"id": "svc", "base_url": "http://127.0.0.1:1"})]
     )
     assert groups == {} and not pools["svc"].watched
-    assert [name for name, *_ in upstreams.samples()][:2] == [
-        "upstream_target_healthy",
-        "upstream_circuit_state",
-    ]
+    assert list(upstreams.samples()) == []  # no health of its own: readiness speaks for it
+
+
+def test_target_names_are_host_port_and_path() -> None:
+    assert target_name("http://user:pw@10.0.0.1:8080/") == "10.0.0.1:8080"
+    assert target_name("https://svc.internal/v2/") == "svc.internal:443/v2"
+    assert target_name("http://[::1]:81") == "[::1]:81"
 
 
 @pytest.mark.parametrize(

@@ -242,6 +242,30 @@ class TracingConfig(Section):
     sampling_rate: float = Field(1.0, ge=0, le=1, description="Parent-based ratio sampler.")
 
 
+_BCRYPT_HASH = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
+
+
+class AdminBasicAuthConfig(Section):
+    username: str = Field(min_length=1, description="User name the status page asks for.")
+    password_hash: str = Field(
+        description="bcrypt hash of the password ($2b$..., e.g. `htpasswd -nbB user pw`), not the password."
+    )
+
+    @field_validator("password_hash")
+    @classmethod
+    def _bcrypt(cls, v: str) -> str:
+        if not _BCRYPT_HASH.match(v):
+            raise ValueError("must be a bcrypt hash ($2a$, $2b$ or $2y$, cost 04-31, 60 characters)")
+        return v
+
+
+class AdminConfig(Section):
+    status_enabled: bool = Field(True, description="Serve GET /status and /status.json on metrics_port.")
+    basic_auth: AdminBasicAuthConfig | None = Field(
+        None, description="HTTP basic auth in front of the status page (/metrics and /health/* stay open)."
+    )
+
+
 class ObservabilityConfig(Section):
     metrics_enabled: bool = Field(True, description="Serve Prometheus /metrics on metrics_port.")
     metrics_port: Port = Field(9090, description="Port of the metrics and health listener.")
@@ -252,6 +276,7 @@ class ObservabilityConfig(Section):
         default_factory=HealthChecksConfig, description="Health endpoints."
     )
     tracing: TracingConfig = Field(default_factory=TracingConfig, description="Distributed tracing.")
+    admin: AdminConfig = Field(default_factory=AdminConfig, description="The status page on metrics_port.")
 
 
 # ----------------------------------------------------------------------------- auth

@@ -31,6 +31,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from typing import Final
+from urllib.parse import urlsplit
 
 from apigate.config.schema import UpstreamConfig
 from apigate.gateway.filters import Filter, Sample
@@ -68,6 +69,7 @@ class Target:
     def __init__(self, service: str, url: str, weight: int, pool: UpstreamPool, cfg: UpstreamConfig) -> None:
         self.service = service
         self.url = url
+        self.name = target_name(url)  # the `target` label: host:port, as the status page names one
         self.weight = weight
         self.pool = pool
         self.breaker = cfg.circuit_breaker
@@ -138,7 +140,7 @@ class Target:
         if state == self.state:
             return
         self.state = state
-        fields: dict[str, object] = {"upstream": self.service, "target": self.url}
+        fields: dict[str, object] = {"upstream": self.service, "target": self.name}
         if reason is not None:
             fields["reason"] = reason
         events.emit(
@@ -163,7 +165,7 @@ class Target:
                     "target_healthy",
                     "An upstream target is healthy again",
                     upstream=self.service,
-                    target=self.url,
+                    target=self.name,
                     detail=detail,
                 )
         else:
@@ -177,7 +179,7 @@ class Target:
                     "target_unhealthy",
                     "An upstream target failed its health checks",
                     upstream=self.service,
-                    target=self.url,
+                    target=self.name,
                     detail=detail,
                 )
 
@@ -307,8 +309,10 @@ class UpstreamGroup:
 
 class UpstreamsFilter(Filter):
     """The upstreams' share of the filter contract: no request phase (it joins no chain);
-    `start()`/`close()` run the active health checks, `samples()` exports every target's
-    state, so the exporter (and the status page) read them from the metrics registry."""
+    `start()`/`close()` run the active health checks, `samples()` exports the state of
+    every balanced upstream's targets, so the exporter (and the status page) read them
+    from the metrics registry. A plain upstream exports none: it has no health of its own
+    (the status page shows readiness's check_upstreams for it)."""
 
     name = "upstreams"
 
@@ -331,16 +335,16 @@ class UpstreamsFilter(Filter):
 
     def samples(self) -> Iterator[Sample]:
         now = time.monotonic()
-        for service, targets in self.services:
-            for t in targets:
-                labels = (service, t.url)
+        for g in self.groups:
+            service = g.service
+            for t in g.targets:
+                labels = (service, t.name)
                 state = t.circuit(now)
                 yield UPSTREAM_TARGET_HEALTHY, labels, float(t.healthy and state != CircuitState.OPEN)
                 yield UPSTREAM_CIRCUIT_STATE, labels, float(state)
                 yield UPSTREAM_REQUESTS_IN_FLIGHT, labels, float(t.in_flight)
-                yield UPSTREAM_POOL_CONNECTIONS, (service, t.url, "idle"), float(len(t.pool.idle))
-                yield UPSTREAM_POOL_CONNECTIONS, (service, t.url, "active"), float(t.pool.active)
-        for g in self.groups:
+                yield UPSTREAM_POOL_CONNECTIONS, (service, t.name, "idle"), float(len(t.pool.idle))
+                yield UPSTREAM_POOL_CONNECTIONS, (service, t.name, "active"), float(t.pool.active)
             for reason, n in g.retries_total.items():
                 yield UPSTREAM_RETRIES_TOTAL, (g.service, reason), float(n)
 
@@ -350,20 +354,32 @@ class UpstreamsFilter(Filter):
                 yield t.pool
 
     def readiness(self) -> dict[str, list[dict[str, object]]]:
-        """Every target's state, for /health/ready's detail."""
+        """Every balanced target's state, for /health/ready's detail."""
         now = time.monotonic()
         return {
-            service: [
+            g.service: [
                 {
-                    "target": t.url,
+                    "target": t.name,
                     "healthy": t.healthy,
                     "circuit": CircuitState.NAMES[t.circuit(now)],
                     "in_flight": t.in_flight,
                 }
-                for t in targets
+                for t in g.targets
             ]
-            for service, targets in self.services
+            for g in self.groups
         }
+
+
+def target_name(url: str) -> str:
+    """`host:port` of a target url, and its path when it has one: short, and without the
+    credentials a url may carry."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    path = parts.path.rstrip("/")
+    return f"{host}:{port}{path}"
 
 
 def build_upstreams(

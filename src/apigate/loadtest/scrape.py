@@ -11,41 +11,22 @@ restarted during the run: the guide's "no pod restarts" criterion.
 from __future__ import annotations
 
 import math
-import re
 import urllib.error
 import urllib.request
 from collections import defaultdict
 from typing import Any
 
 from apigate.telemetry import names
+from apigate.telemetry.diagnosis import Series, quantile
+from apigate.telemetry.diagnosis import parse_metrics as parse
 
 SCRAPE_TIMEOUT_S = 5.0
 PROCESS_START = "process_start_time_seconds"
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+Samples = Series
 
 
 class ScrapeError(RuntimeError):
     pass
-
-
-def parse(text: str) -> Samples:
-    out: Samples = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if not m:
-            continue
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        labels = frozenset(_LABEL.findall(m.group(2) or ""))
-        out[(m.group(1), labels)] = value
-    return out
 
 
 def scrape(url: str) -> Samples:
@@ -74,23 +55,6 @@ def _buckets(samples: Samples) -> dict[float, float]:
     return out
 
 
-def quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """Prometheus' histogram_quantile over cumulative buckets {upper bound: count}."""
-    bounds = sorted(buckets)
-    if not bounds or buckets[bounds[-1]] <= 0:
-        return None
-    rank = q * buckets[bounds[-1]]
-    prev_bound, prev_count = 0.0, 0.0
-    for b in bounds:
-        c = buckets[b]
-        if c >= rank:
-            if math.isinf(b):
-                return prev_bound
-            return prev_bound + (b - prev_bound) * (rank - prev_count) / max(c - prev_count, 1e-12)
-        prev_bound, prev_count = b, c
-    return prev_bound
-
-
 def _versions(samples: Samples) -> list[str]:
     return sorted({dict(lb).get("version", "") for (n, lb) in samples if n == names.APIGATE_BUILD_INFO})
 
@@ -102,7 +66,7 @@ def server_view(url: str, before: Samples, after: Samples) -> dict[str, Any]:
         if key[0].endswith("_total") and after.get(key, old) < old:
             reasons.append(f"{key[0]} went down ({old:g} -> {after[key]:g})")
             break
-    start0, start1 = before.get((PROCESS_START, frozenset())), after.get((PROCESS_START, frozenset()))
+    start0, start1 = before.get((PROCESS_START, ())), after.get((PROCESS_START, ()))
     if start0 is not None and start1 is not None and start0 != start1:
         reasons.append(f"{PROCESS_START} changed ({start0:g} -> {start1:g})")
     v0, v1 = _versions(before), _versions(after)

@@ -1,4 +1,4 @@
-"""The metrics listener (`observability.metrics_port`): /metrics and /health/*.
+"""The metrics listener (`observability.metrics_port`): /metrics, /health/* and /status.
 
 Kept off the proxy port so scrapes and probes never compete with traffic for
 connection slots, and so the port can be firewalled separately (Envoy's admin port,
@@ -14,8 +14,18 @@ from typing import TYPE_CHECKING
 import orjson
 
 from apigate.http.errors import error_body, error_headers, json_headers
-from apigate.telemetry import metrics
+from apigate.telemetry import metrics, status_html
+from apigate.telemetry.basic_auth import CHALLENGE, BasicAuth
 from apigate.telemetry.health import Health
+from apigate.telemetry.status import StatusPage
+
+HTML_HEADERS = [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")]
+# The page runs only its own inline script and style, and talks to nothing but its origin.
+PAGE_POLICY = (
+    b"content-security-policy",
+    b"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+    b"img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+)
 
 if TYPE_CHECKING:
     from apigate.http.server import RequestCycle, ServerState
@@ -29,6 +39,8 @@ class AdminApp:
         state: ServerState,
         health: Health,
         metrics_enabled: bool,
+        status: StatusPage | None = None,
+        basic_auth: BasicAuth | None = None,
         reload: Callable[[], Awaitable[tuple[int, dict[str, object]]]] | None = None,
     ) -> None:
         """`reload`: what `POST /admin/reload` runs (the composition root offers it only
@@ -36,12 +48,16 @@ class AdminApp:
         self.state = state
         self.health = health
         self.metrics_enabled = metrics_enabled
+        self.status = status
+        self.basic_auth = basic_auth
         self.reload = reload
         self.tasks: set[asyncio.Task[None]] = set()
 
     def handle(self, cycle: RequestCycle) -> None:
         path = cycle.target.split(b"?", 1)[0].decode("latin-1")
-        if path == ADMIN_RELOAD and self.reload is not None:
+        if self.status is not None and path in ("/status", "/status.json"):
+            self._status(cycle, self.status, path)
+        elif path == ADMIN_RELOAD and self.reload is not None:
             if cycle.method != "POST":
                 status, body = error_body("method_not_allowed", None)
                 cycle.send_response(status, error_headers([(b"allow", b"POST")]), body)
@@ -63,6 +79,21 @@ class AdminApp:
                 status, body = error_body("not_found", None, "Not a metrics or health endpoint.")
                 cycle.send_response(status, error_headers(), body)
         cycle.complete()
+
+    def _status(self, cycle: RequestCycle, page: StatusPage, path: str) -> None:
+        """The status page: read-only (GET/HEAD), behind basic auth when configured."""
+        if cycle.method not in ("GET", "HEAD"):
+            status, body = error_body("method_not_allowed", None, "The status page is read-only.")
+            cycle.send_response(status, error_headers([(b"allow", b"GET, HEAD")]), body)
+        elif self.basic_auth is not None and not self.basic_auth.allows(
+            next((v for n, v in cycle.headers if n == b"authorization"), None)
+        ):
+            status, body = error_body("unauthenticated", None)
+            cycle.send_response(status, error_headers([CHALLENGE]), body)
+        elif path == "/status.json":
+            cycle.send_response(200, json_headers(), page.json())
+        else:
+            cycle.send_response(200, [*HTML_HEADERS, PAGE_POLICY], status_html.render(page.document()))
 
     async def _reload(
         self, cycle: RequestCycle, reload: Callable[[], Awaitable[tuple[int, dict[str, object]]]]

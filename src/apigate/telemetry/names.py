@@ -32,11 +32,12 @@ ACCESS_DENIED_TOTAL: Final = "access_denied_total"  # {route, reason}: refused b
 WEBSOCKET_CONNECTIONS_ACTIVE: Final = "websocket_connections_active"  # gauge: open tunnels
 WEBSOCKET_CONNECTIONS_TOTAL: Final = "websocket_connections_total"  # {route}: tunnels opened
 PLUGIN_ERRORS_TOTAL: Final = "plugin_errors_total"  # {plugin}: exceptions raised by a plugin
-# Upstream targets (issue 16): gauges and counters per service and target (its url).
-UPSTREAM_TARGET_HEALTHY: Final = "upstream_target_healthy"  # {service, target}: 1 receives traffic
+
+# Read by the status page (telemetry/status.py) when present; registered by their owners
+# (upstream targets and breakers: resilience; reloads: hot reload).
+UPSTREAM_TARGET_HEALTHY: Final = "upstream_target_healthy"  # {service, target}: 1 up, 0 down
 UPSTREAM_CIRCUIT_STATE: Final = "upstream_circuit_state"  # {service, target}: 0 closed, 1 open, 2 half-open
 UPSTREAM_REQUESTS_IN_FLIGHT: Final = "upstream_requests_in_flight"  # {service, target}
-UPSTREAM_POOL_CONNECTIONS: Final = "upstream_pool_connections"  # {service, target, state}: idle|active
+UPSTREAM_POOL_CONNECTIONS: Final = "upstream_pool_connections"  # {service, target, state}: idle/active
+CONFIG_RELOADS_TOTAL: Final = "config_reloads_total"  # {result}
 UPSTREAM_RETRIES_TOTAL: Final = "upstream_retries_total"  # {service, reason}
-# Hot reload (issue 16).
-CONFIG_RELOADS_TOTAL: Final = "config_reloads_total"  # {result}: success|failure
