@@ -21,6 +21,7 @@ from apigate.config.schema import Config
 from apigate.loadtest.cli import add_command as add_loadtest_command
 from apigate.logs import events
 from apigate.ops.cli import add_commands as add_ops_commands
+from apigate.ops.reload import add_command as add_reload_command
 
 EXIT_CONFIG = 2
 DEFAULT_DEMO_CONFIG = "examples/quickstart.yaml"
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_auth_commands(sub, _add_config)  # token, session create|revoke
     add_loadtest_command(sub)  # loadtest: sets args.loadtest(args), needs no configuration
     add_ops_commands(sub)  # backup, restore, diagnose, capacity: ops(args), no config file
+    add_reload_command(sub)  # reload --pid: ops(args)
     return parser
 
 
@@ -101,12 +103,12 @@ def cmd_serve(path: str | None) -> int:
 
     workers = cfg.server.workers
     if workers == 1:
-        return _run(serve(cfg))
+        return _run(serve(cfg, config_path=path))
     from apigate.telemetry.metrics import multiprocess_dir
     from apigate.workers import run_workers
 
     with multiprocess_dir():  # one scrape sums the workers (telemetry/metrics.py)
-        return run_workers(workers, lambda: _run(serve(cfg, reuse_port=True)))
+        return run_workers(workers, lambda: _run(serve(cfg, reuse_port=True, config_path=path)))
 
 
 def _run(coro: object) -> int:

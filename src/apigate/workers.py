@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 RESTART_MIN_UPTIME_S = 1.0
+RELOADED_ENV = "APIGATE_CONFIG_RELOADED"  # set once the supervisor passed on a SIGHUP
 
 
 def run_workers(count: int, worker: Callable[[], int]) -> int:
@@ -30,6 +31,7 @@ def run_workers(count: int, worker: Callable[[], int]) -> int:
             os.environ["APIGATE_WORKER_INDEX"] = str(index)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's loop handles it
             code = 1
             try:
                 code = worker()
@@ -46,8 +48,17 @@ def run_workers(count: int, worker: Callable[[], int]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def on_hangup(_signum: int, _frame: object) -> None:
+        # A reload: every worker re-reads the configuration itself (server.py, reload), and
+        # a worker started from now on (a restart) reads the file rather than the parent's copy.
+        os.environ[RELOADED_ENV] = "1"
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     for i in range(count):
         spawn(i)
     exit_code = 0

@@ -446,31 +446,114 @@ class RateLimitingConfig(Section):
 
 
 # ----------------------------------------------------------------------------- upstreams, routes
+def _check_upstream_url(v: str) -> str:
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as e:
+        raise ValueError(f"bad port: {e}") from None
+    return v
+
+
+UpstreamUrl = Annotated[str, AfterValidator(_check_upstream_url)]
+RetryOn = Literal["connect_failure", "reset_before_response", "status_502", "status_503"]
+
+
+class TargetConfig(Section):
+    url: UpstreamUrl = Field(
+        description="http:// or https:// URL of one instance; its path prefixes upstream paths."
+    )
+    weight: int = Field(1, ge=1, le=1000, description="Share of the traffic, relative to the other targets.")
+
+
+class CircuitBreakerConfig(Section):
+    failure_threshold: int = Field(5, ge=1, description="Consecutive failures that open a target's circuit.")
+    open_secs: PositiveSecs = Field(10, description="Time an open circuit sends a target nothing.")
+    half_open_requests: int = Field(
+        1, ge=1, description="Trial requests after open_secs; all must succeed to close the circuit."
+    )
+    count_5xx: bool = Field(False, description="Count 5xx responses as failures too.")
+
+
+class HealthCheckConfig(Section):
+    path: str = Field("/health", description="Path each target is probed at (2xx or 3xx is healthy).")
+    interval_secs: PositiveSecs = Field(5, description="Time between two probes of a target.")
+    timeout_secs: PositiveSecs = Field(2, description="Longest wait for a probe's answer.")
+    healthy_threshold: int = Field(2, ge=1, description="Consecutive successes that bring a target back.")
+    unhealthy_threshold: int = Field(3, ge=1, description="Consecutive failures that take a target out.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c in v for c in " \r\n"):
+            raise ValueError("must be a path starting with '/'")
+        return v
+
+
+def _default_retry_on() -> list[RetryOn]:
+    return ["connect_failure", "reset_before_response"]
+
+
+class RetriesConfig(Section):
+    attempts: int = Field(2, ge=1, le=10, description="Tries in all, the first included (2: one retry).")
+    on: list[RetryOn] = Field(
+        default_factory=_default_retry_on,
+        description="Failures retried (only while no byte of the response reached the client).",
+    )
+    budget_percent: float = Field(
+        20,
+        ge=0,
+        le=100,
+        description="Retries allowed, as a percentage of recent requests (Envoy's budget).",
+    )
+
+
 class UpstreamConfig(Section):
     id: str = Field(description="Name routes refer to.")
-    base_url: str = Field(description="http:// or https:// URL; its path prefixes every upstream path.")
+    base_url: UpstreamUrl | None = Field(
+        None, description="http:// or https:// URL; its path prefixes every upstream path (one target)."
+    )
+    targets: list[TargetConfig] = Field(
+        default_factory=list, description="Several instances with weights, instead of base_url."
+    )
+    load_balancing: Literal["round_robin", "least_requests", "random_two_choices"] = Field(
+        "round_robin", description="How a request picks a target (weights honoured)."
+    )
     timeout_secs: PositiveSecs = Field(30, description="Time to the upstream's response headers; then 504.")
     connect_timeout_secs: PositiveSecs = Field(5, description="TCP (and TLS) connect timeout; then 504.")
-    pool_max_idle_per_host: int = Field(50, ge=0, description="Idle keep-alive connections kept.")
+    pool_max_idle_per_host: int = Field(
+        50, ge=0, description="Idle keep-alive connections kept (per target)."
+    )
     health_path: str | None = Field(None, description="Path probed by readiness when check_upstreams is on.")
     verify_tls: bool = Field(True, description="Verify an https upstream's certificate.")
     ca_path: str | None = Field(None, description="PEM CA bundle for an https upstream.")
+    circuit_breaker: CircuitBreakerConfig | None = Field(
+        None, description="Passive health: stop sending to a target that keeps failing."
+    )
+    health_check: HealthCheckConfig | None = Field(None, description="Active health: probe every target.")
+    retries: RetriesConfig | None = Field(None, description="Send a failed request again, to another target.")
 
     _id = field_validator("id")(_check_id)
 
-    @field_validator("base_url")
-    @classmethod
-    def _base_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http:// or https:// URL")
-        if parts.query or parts.fragment:
-            raise ValueError("must not have a query or fragment")
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError as e:
-            raise ValueError(f"bad port: {e}") from None
-        return v
+    @model_validator(mode="after")
+    def _one_of(self) -> UpstreamConfig:
+        if (self.base_url is None) == (not self.targets):
+            raise ValueError("give either base_url or targets (not both)")
+        urls = [t.url for t in self.targets]
+        if len(set(urls)) != len(urls):
+            raise ValueError("targets: a url is listed twice")
+        return self
+
+    @property
+    def target_list(self) -> list[TargetConfig]:
+        """base_url is the one-target shorthand."""
+        if self.base_url is not None:
+            return [TargetConfig(url=self.base_url)]
+        return self.targets
 
 
 # ----------------------------------------------------------------------------- header transforms

@@ -16,13 +16,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 from apigate.config.schema import RouteConfig
+from apigate.gateway.balancer import UpstreamGroup
 from apigate.gateway.correlation import CorrelationFilter
 from apigate.gateway.filters import Filter, FilterChain, RequestContext, Response, finish
 from apigate.gateway.paths import decoded_slashes, split_target
-from apigate.gateway.proxy import Proxy
+from apigate.gateway.proxy import IDEMPOTENT, Proxy, RetryableStatus
 from apigate.gateway.router import Match, NoMatch, Route, Router
 from apigate.gateway.tunnel import Tunnels, refuse, wants_websocket
-from apigate.http.client import UpstreamError, UpstreamPool
+from apigate.http.client import ConnectFailed, ConnectionReset, ConnectTimeout, UpstreamError, UpstreamPool
 from apigate.http.errors import error_body, error_headers, json_headers
 from apigate.logs import events
 
@@ -50,9 +51,11 @@ class App:
         pools: Mapping[str, UpstreamPool],
         local_answers: LocalAnswers | None = None,
         websocket_idle_timeout: float = 300.0,
+        groups: Mapping[str, UpstreamGroup] | None = None,
     ) -> None:
         """`filters`: the configured ones (correlation is added here, always first);
-        `pools`: one per upstream id, each with its `timeout`."""
+        `pools`: one per upstream id, each with its `timeout`; `groups`: the upstreams
+        whose requests pick a target (several targets, health, breaker or retries)."""
         self.loop = asyncio.get_running_loop()
         self.router = Router(routes)
         # WebSocket tunnels (gateway/tunnel.py): a filter for its lifecycle and metrics only.
@@ -61,6 +64,12 @@ class App:
         # The compiled route table, by Route.index: what runs for each route.
         self.chains = [FilterChain([f for f in self.filters if f.applies_to(r)]) for r in self.router.routes]
         self.route_pools = [pools[r.upstream_id] for r in self.router.routes]
+        self.groups: Mapping[str, UpstreamGroup] = groups or {}
+        self.route_groups = [self.groups.get(r.upstream_id) for r in self.router.routes]
+        for group in self.groups.values():
+            if group.retry_on & {"status_502", "status_503"}:
+                for target in group.targets:
+                    target.pool.retry_status = self._retry_status
         self.unmatched_chain = FilterChain([f for f in self.filters if f.applies_to(None)])
         self.local_answers = local_answers
         self.proxy = Proxy(self._proxied)
@@ -105,6 +114,14 @@ class App:
         """The terminal step: proxy a matched route, answer anything else locally."""
         if type(match) is tuple:
             route = match[0]
+            if ctx.pool.watched:  # a balanced upstream: pick its target
+                group = self.route_groups[route.index]
+                assert group is not None
+                pool = group.pick()
+                if pool is None:
+                    self._reply(ctx, _unavailable(ctx))
+                    return
+                ctx.pool = pool
             path = ctx.path if route.passthrough else route.upstream_path(ctx.path, ctx.params)
             if ctx.cycle.upgrade and wants_websocket(ctx.cycle.headers):
                 if route.config.websocket:
@@ -185,6 +202,8 @@ class App:
 
     def _proxied(self, ctx: RequestContext, error: UpstreamError | None) -> None:
         """The proxy is done with a request, successfully or not."""
+        if ctx.pool.watched and self._balanced(ctx, error):
+            return  # sent again, to another target
         if error is not None:
             ctx.upstream_failure = error.reason
             cycle = ctx.cycle
@@ -195,6 +214,68 @@ class App:
                 self._reply(ctx, Response.error_reply(error.code, ctx))
                 return
         finish(ctx)
+
+    def _balanced(self, ctx: RequestContext, error: UpstreamError | None) -> bool:
+        """A request to a balanced target ended: tell its breaker, and retry it on another
+        target when the upstream's `retries` allow it (True: it was sent again)."""
+        group = self.groups.get(ctx.upstream_id or "")
+        if group is None:
+            return False
+        pool = ctx.pool
+        count_5xx = group.cfg.circuit_breaker is not None and group.cfg.circuit_breaker.count_5xx
+        if error is None:
+            if ctx.status:  # 0: the client left before any answer, nothing to judge
+                group.report(pool, "5xx" if count_5xx and ctx.status >= 500 else None)
+            return False
+        if isinstance(error, RetryableStatus):
+            group.report(pool, "5xx" if count_5xx else None)
+            reason = f"status_{error.status}"  # already judged retryable (`_retry_status`)
+        else:
+            group.report(pool, error.reason)
+            if isinstance(error, ConnectFailed | ConnectTimeout):
+                reason = "connect_failure"
+            elif isinstance(error, ConnectionReset) and ctx.method in IDEMPOTENT:
+                reason = "reset_before_response"  # non-idempotent requests: connect failures only
+            else:
+                return False
+            if not self._may_retry(ctx, group, reason):
+                return False
+        other = group.pick(exclude=pool)
+        if other is None:
+            return False
+        group.retried(reason)
+        ctx.attempts += 1
+        ctx.pool = other
+        route = ctx.route
+        assert route is not None
+        path = ctx.path if route.passthrough else route.upstream_path(ctx.path, ctx.params)
+        self.proxy.start(ctx, path.encode("latin-1"))
+        return True
+
+    def _may_retry(self, ctx: RequestContext, group: UpstreamGroup, reason: str) -> bool:
+        """Nothing of the response reached the client, the request (body included) can
+        be sent again, attempts are left and the retry budget allows it."""
+        cycle = ctx.cycle
+        body = cycle.body
+        return not (
+            cycle.response_started
+            or cycle.proto.closing
+            or cycle.timed_out
+            or (body is not None and body.received != body.size)  # some of it is gone
+            or ctx.attempts >= (group.retries.attempts if group.retries is not None else 1)
+            or not group.may_retry(reason)
+        )
+
+    def _retry_status(self, ctx: RequestContext, status: int) -> bool:
+        """An upstream answered 502/503 (`UpstreamPool.retry_status`): retry it elsewhere?
+        Only idempotent requests, and only when another target can take it."""
+        group = self.groups.get(ctx.upstream_id or "")
+        return (
+            group is not None
+            and ctx.method in IDEMPOTENT
+            and group.has_other(ctx.pool)
+            and self._may_retry(ctx, group, f"status_{status}")
+        )
 
     def _local(self, ctx: RequestContext, allow: tuple[str, ...]) -> Response:
         if self.local_answers is not None:
@@ -232,3 +313,13 @@ class App:
             ctx.error = reply.error
             cycle.send_response(reply.status, headers, reply.body)
         finish(ctx)
+
+
+def _unavailable(ctx: RequestContext) -> Response:
+    """Every target of the upstream is out (health checks, open circuits): 503 at once,
+    rather than piling up connect timeouts."""
+    _, body = error_body(
+        "upstream_unavailable", ctx.request_id, "No target of the upstream service is available."
+    )
+    ctx.upstream_failure = "unavailable"
+    return Response(503, error_headers(), body, "upstream_unavailable")

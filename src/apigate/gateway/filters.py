@@ -69,6 +69,7 @@ class RequestContext:
     upstream_id: str | None = None
     upstream_duration: float | None = None
     upstream_failure: str | None = None  # connect, timeout, reset, bad_response
+    attempts = 1  # upstream tries so far (retries: gateway/balancer.py)
     user: str | None = None
     claims: dict[str, Any] | None = None
     response_headers: Headers  # added to every response by filters

@@ -199,8 +199,14 @@ class Exchange(ResponseSink):
     def on_upstream_head(self, status: int, lines: list[bytes], length: int | None) -> None:
         # `lines`: the upstream's end-to-end fields, already serialized by the upstream
         # connection (hop-by-hop ones dropped). The filters add theirs after them.
-        self.got_head = True
         ctx = self.ctx
+        if status == 502 or status == 503:
+            retry = self.conn.pool.retry_status
+            if retry is not None and retry(ctx, status):
+                # Sent again to another target: this answer never reaches the client.
+                self.conn.sink = _Discard(self, status)
+                return
+        self.got_head = True
         now = _now()
         ctx.upstream_duration = now - ctx.start
         drop = ctx.drop_response_fields
@@ -256,6 +262,46 @@ class Exchange(ResponseSink):
             proxy.fast_done(self)
         elif self.on_done is not None:
             self.on_done(self)
+
+
+class RetryableStatus(UpstreamError):
+    """The upstream answered 502 or 503 and the request goes to another target
+    (`retries.on`); counted like any 5xx answer."""
+
+    reason = "5xx"
+    code = "bad_gateway"
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the upstream answered {status}")
+        self.status = status
+
+
+class _Discard(ResponseSink):
+    """Reads a response that will be retried elsewhere to its end, then ends the exchange."""
+
+    __slots__ = ("exchange", "status")
+
+    def __init__(self, exchange: Exchange, status: int) -> None:
+        self.exchange = exchange
+        self.status = status
+
+    def cork(self) -> bool:
+        return False
+
+    def uncork(self) -> None:
+        pass
+
+    def on_upstream_head(self, status: int, lines: list[bytes], length: int | None) -> None:
+        pass
+
+    def on_upstream_body(self, chunk: bytes) -> None:
+        pass
+
+    def on_upstream_complete(self) -> None:
+        self.exchange.on_upstream_failed(RetryableStatus(self.status))
+
+    def on_upstream_failed(self, error: UpstreamError) -> None:
+        self.exchange.on_upstream_failed(RetryableStatus(self.status))
 
 
 class Cancelled(UpstreamError):
@@ -321,9 +367,13 @@ class Proxy:
         ctx.cycle.on_cancel = None
         error = exchange.error
         up = ctx.upstream_duration  # when the response head came: a moment ago
-        conn.pool.release(conn, error is None, ctx.start + up if up is not None else 0.0)
+        pool = conn.pool
+        pool.release(conn, error is None, ctx.start + up if up is not None else 0.0)
         if error is None:
-            finish(ctx)
+            if pool.watched:
+                self.finished(ctx, None)  # a balanced target: its success is reported
+            else:
+                finish(ctx)
         elif error is _CANCELLED:
             self._cancelled(ctx)
         elif ctx.method in IDEMPOTENT and _retryable(exchange, True):
@@ -447,4 +497,4 @@ def _frame(chunk: bytes, chunked: bool) -> bytes:
     return chunk
 
 
-__all__ = ["IDEMPOTENT", "Exchange", "Proxy", "build_request_head"]
+__all__ = ["IDEMPOTENT", "Exchange", "Proxy", "RetryableStatus", "build_request_head"]

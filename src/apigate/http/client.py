@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
 
 import httptools
@@ -388,6 +388,12 @@ class UpstreamPool:
         self.idle: list[UpstreamConnection] = []
         self.connecting = 0
         self.active = 0
+        # A target of a balanced upstream (gateway/balancer.py): its successes are
+        # reported too, so they end through the proxy's `finished` callback.
+        self.watched = False
+        # Whether a 502/503 answer to (request context, status) is retried on another
+        # target instead of forwarded (retries.on: status_502/status_503); None: never.
+        self.retry_status: Callable[[Any, int], bool] | None = None
 
     def __repr__(self) -> str:
         # httpcore's habit: the counts a reader of a log line or a debugger needs.

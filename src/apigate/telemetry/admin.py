@@ -7,7 +7,11 @@ Kong's status listener). Health endpoints answer on both ports.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
+
+import orjson
 
 from apigate.http.errors import error_body, error_headers, json_headers
 from apigate.telemetry import metrics, status_html
@@ -37,17 +41,34 @@ class AdminApp:
         metrics_enabled: bool,
         status: StatusPage | None = None,
         basic_auth: BasicAuth | None = None,
+        reload: Callable[[], Awaitable[tuple[int, dict[str, object]]]] | None = None,
     ) -> None:
+        """`reload`: what `POST /admin/reload` runs (the composition root offers it only
+        when this listener is bound to loopback); (status, JSON document)."""
         self.state = state
         self.health = health
         self.metrics_enabled = metrics_enabled
         self.status = status
         self.basic_auth = basic_auth
+        self.reload = reload
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def handle(self, cycle: RequestCycle) -> None:
         path = cycle.target.split(b"?", 1)[0].decode("latin-1")
         if self.status is not None and path in ("/status", "/status.json"):
             self._status(cycle, self.status, path)
+        elif path == ADMIN_RELOAD and self.reload is not None:
+            if cycle.method != "POST":
+                status, body = error_body("method_not_allowed", None)
+                cycle.send_response(status, error_headers([(b"allow", b"POST")]), body)
+            elif not cycle.proto.client_ip.startswith("127.") and cycle.proto.client_ip != "::1":
+                status, body = error_body("forbidden", None, "Reloads are accepted from loopback only.")
+                cycle.send_response(status, error_headers(), body)
+            else:
+                task = asyncio.get_running_loop().create_task(self._reload(cycle, self.reload))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+                return
         elif path == "/metrics" and self.metrics_enabled:
             cycle.send_response(200, [(b"content-type", metrics.CONTENT_TYPE)], metrics.render())
         else:
@@ -73,3 +94,21 @@ class AdminApp:
             cycle.send_response(200, json_headers(), page.json())
         else:
             cycle.send_response(200, [*HTML_HEADERS, PAGE_POLICY], status_html.render(page.document()))
+
+    async def _reload(
+        self, cycle: RequestCycle, reload: Callable[[], Awaitable[tuple[int, dict[str, object]]]]
+    ) -> None:
+        try:
+            status, doc = await reload()
+            headers, body = json_headers(), orjson.dumps(doc)
+        except Exception as e:
+            status, body = error_body("internal_error", None, f"reload failed: {type(e).__name__}")
+            headers = error_headers()
+        try:
+            if not cycle.proto.closing:  # the client may have gone while it reloaded
+                cycle.send_response(status, headers, body)
+        finally:
+            cycle.complete()
+
+
+ADMIN_RELOAD = "/admin/reload"

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
-from urllib.parse import urlsplit
 
 import orjson
 
+from apigate.http.client import UpstreamPool
+from apigate.http.probe import probe
 from apigate.redis.client import RedisClient
 from apigate.redis.endpoint import RedisTarget, ratelimit_target, session_target
 
@@ -51,6 +51,8 @@ class Health:
         self.results: dict[str, tuple[bool, str]] | None = None
         self.cleanups: list[Callable[[], Awaitable[None]]] = []
         self._task: asyncio.Task[None] | None = None
+        # Extra state shown by /health/ready (the upstream targets: gateway/balancer.py).
+        self.details: dict[str, Callable[[], object]] = {}
 
     def register(self, name: str, check: Check, timeout: float = CHECK_TIMEOUT_S) -> None:
         self.checks[name] = check
@@ -69,12 +71,17 @@ class Health:
         if self.state.draining:
             return 503, orjson.dumps({"status": "draining", "checks": self._checks_json()})
         if not self.checks:
-            return 200, b'{"status":"ready"}'
+            if not self.details:
+                return 200, b'{"status":"ready"}'
+            return 200, orjson.dumps({"status": "ready", **self._details()})
         if self.results is None:
             return 503, orjson.dumps({"status": "starting", "checks": self._checks_json()})
         ok = all(r[0] for r in self.results.values())
-        body = {"status": "ready" if ok else "not_ready", "checks": self._checks_json()}
+        body = {"status": "ready" if ok else "not_ready", "checks": self._checks_json(), **self._details()}
         return (200 if ok else 503), orjson.dumps(body)
+
+    def _details(self) -> dict[str, object]:
+        return {name: get() for name, get in self.details.items()}
 
     def _checks_json(self) -> dict[str, Any]:
         if self.results is None:
@@ -164,40 +171,33 @@ def redis_check(target: RedisTarget | str, timeout_s: float) -> tuple[Check, Cal
 
 
 def upstream_check(up: UpstreamConfig) -> Check:
+    """Ready when any of the upstream's targets is (`target_check`)."""
+    checks = [target_check(up, t.url) for t in up.target_list]
+    if len(checks) == 1:
+        return checks[0]
+
+    async def any_target() -> tuple[bool, str]:
+        details = []
+        for check in checks:
+            try:
+                ok, detail = await check()
+            except OSError as e:
+                ok, detail = False, e.strerror or repr(e)[:200]
+            if ok:
+                return True, detail
+            details.append(detail)
+        return False, "; ".join(details)
+
+    return any_target
+
+
+def target_check(up: UpstreamConfig, url: str) -> Check:
     """GET health_path (2xx or 3xx is healthy), or else a TCP (and TLS) connect."""
-    parts = urlsplit(up.base_url)
-    tls = parts.scheme == "https"
-    host = parts.hostname or "localhost"
-    port = parts.port or (443 if tls else 80)
-    sslctx: ssl.SSLContext | None = None
-    if tls:
-        sslctx = ssl.create_default_context(cafile=up.ca_path)
-        if not up.verify_tls:
-            sslctx.check_hostname = False
-            sslctx.verify_mode = ssl.CERT_NONE
-    path = up.health_path
-    host_header = host if parts.port is None else f"{host}:{port}"
+    pool = UpstreamPool(
+        url, max_idle=0, connect_timeout=up.connect_timeout_secs, verify_tls=up.verify_tls, ca_path=up.ca_path
+    )
 
     async def check() -> tuple[bool, str]:
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=sslctx, server_hostname=host if sslctx else None
-        )
-        try:
-            if path is None:
-                return True, "connected"
-            writer.write(
-                f"GET {path} HTTP/1.1\r\nhost: {host_header}\r\nuser-agent: apigate-health\r\n"
-                "connection: close\r\n\r\n".encode("latin-1")
-            )
-            line = await reader.readline()
-            fields = line.split(None, 2)
-            if len(fields) < 2 or not fields[0].startswith(b"HTTP/") or not fields[1].isdigit():
-                return False, f"GET {path}: not an HTTP response"
-            status = int(fields[1])
-            return 200 <= status < 400, f"GET {path}: {status}"
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        return await probe(pool, up.health_path)
 
     return check

@@ -352,6 +352,39 @@ LOG_SINK_QUEUE_DEPTH = REGISTRY.gauge(
 LOG_SPOOL_BYTES = REGISTRY.gauge(names.LOG_SPOOL_BYTES, "Bytes held in a sink's disk spool.", ("sink",))
 
 
+# Upstream targets and hot reload (issue 16): the gateway's UpstreamsFilter exports the
+# per-target series through samples(); the composition root counts reloads.
+UPSTREAM_TARGET_HEALTHY = REGISTRY.gauge(
+    names.UPSTREAM_TARGET_HEALTHY,
+    "1 when an upstream target receives traffic (health check passing, circuit not open).",
+    ("service", "target"),
+)
+UPSTREAM_CIRCUIT_STATE = REGISTRY.gauge(
+    names.UPSTREAM_CIRCUIT_STATE,
+    "Circuit breaker state of an upstream target: 0 closed, 1 open, 2 half-open.",
+    ("service", "target"),
+)
+UPSTREAM_CIRCUIT_STATE.merge_max = True  # a sum of states means nothing; non-zero: not closed somewhere
+UPSTREAM_REQUESTS_IN_FLIGHT = REGISTRY.gauge(
+    names.UPSTREAM_REQUESTS_IN_FLIGHT,
+    "Requests sent to an upstream target and not finished.",
+    ("service", "target"),
+)
+UPSTREAM_POOL_CONNECTIONS = REGISTRY.gauge(
+    names.UPSTREAM_POOL_CONNECTIONS,
+    "Keep-alive connections to an upstream target, by state (idle, active).",
+    ("service", "target", "state"),
+)
+UPSTREAM_RETRIES = REGISTRY.counter(
+    names.UPSTREAM_RETRIES_TOTAL,
+    "Requests sent again to another target, by reason (budget_exhausted: a retry refused).",
+    ("service", "reason"),
+)
+CONFIG_RELOADS = REGISTRY.counter(
+    names.CONFIG_RELOADS_TOTAL, "Configuration reloads, by result (success, failure).", ("result",)
+)
+
+
 # ------------------------------------------------------------------------------ workers > 1
 SNAPSHOT_INTERVAL_S = 1.0
 

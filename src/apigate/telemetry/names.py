@@ -40,3 +40,4 @@ UPSTREAM_CIRCUIT_STATE: Final = "upstream_circuit_state"  # {service, target}: 0
 UPSTREAM_REQUESTS_IN_FLIGHT: Final = "upstream_requests_in_flight"  # {service, target}
 UPSTREAM_POOL_CONNECTIONS: Final = "upstream_pool_connections"  # {service, target, state}: idle/active
 CONFIG_RELOADS_TOTAL: Final = "config_reloads_total"  # {result}
+UPSTREAM_RETRIES_TOTAL: Final = "upstream_retries_total"  # {service, reason}

@@ -278,7 +278,7 @@ def upstreams(cfg: Config, w: Window, ready: dict[str, Any] | None) -> list[dict
         d = dict(labels)
         target(d.get("service", ""), d.get("target", ""))["pool"][d.get("state", "")] = v
     out = []
-    base = {u.id: u.base_url for u in cfg.upstreams}
+    base = {u.id: u.target_list[0].url for u in cfg.upstreams}  # base_url, or the first target
     services = list(base) + sorted({s for s, _ in failures} - set(base))
     for service in services:
         check = checks.get(f"upstream:{service}")
