@@ -158,6 +158,7 @@ class Server:
         self.telemetry = Telemetry(cfg, self.state, self.health, self.app.filters, lambda: self.logs)
         self.servers: list[asyncio.Server] = []
         self.admin_server: asyncio.Server | None = None
+        self.admin: AdminApp | None = None
         self.started_filters: list[Filter] = []
         self.scheme = "http"
 
@@ -206,7 +207,7 @@ class Server:
         if obs.metrics_enabled:
             # The metrics listener stays open while draining: readiness must say 503 then.
             host = obs.metrics_bind_address or s.bind_address
-            admin = AdminApp(
+            self.admin = admin = AdminApp(
                 self.state,
                 self.health,
                 obs.metrics_enabled,
@@ -324,6 +325,8 @@ class Server:
         for gauge in _TARGET_GAUGES:  # a target the new configuration dropped must not linger
             gauge.series.clear()
         await self._reload_checks(cfg)
+        if self.admin is not None and self.admin.status is not None:
+            self.admin.status.reconfigure(cfg)  # routes, upstreams and hash as now served
         _hand_over_tunnels(old_app, app)  # open WebSockets stay open, owned by the new App
         task = self.loop.create_task(
             self._retire(old_app, old_filters, list(old_upstreams.pools()), in_flight)

@@ -180,6 +180,8 @@ def test_admin_post_and_the_reload_command(
     assert wait_until(lambda: bool(log_events(gw, "config_reloaded")), 10)
     [event] = log_events(gw, "config_reloaded")
     assert r.json()["config_hash"] == event["config_hash"]
+    status = httpx.get(f"http://127.0.0.1:{metrics_port}/status.json").json()
+    assert status["config_hash"] == event["config_hash"]  # the status page follows the reload
 
     rewrite(gw, upstreams=[{"id": "svc", "base_url": b.url}], routes=[{"id": "all", "path": "/*"}])
     refused = httpx.post(admin)

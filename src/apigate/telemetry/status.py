@@ -97,6 +97,13 @@ class StatusPage:
         self.ring: deque[tuple[float, Series]] = deque(maxlen=RING_SIZE)
         self._spark_cache: dict[tuple[float, float], dict[str, dict[str, float | None]]] = {}
 
+    def reconfigure(self, cfg: Config) -> None:
+        """A reload swapped the configuration: describe the new one from now on (the
+        ring of scrapes stays: the metrics carry on across a reload)."""
+        self.cfg = cfg
+        self.hash = config_hash(cfg)
+        self._spark_cache.clear()
+
     # ------------------------------------------------------------------ the ring
     def sample(self) -> tuple[float, Series]:
         """Now's scrape (or the last one, when it is younger than MIN_SPACING_S)."""
