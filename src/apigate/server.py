@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
 import os
 import signal
@@ -25,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from apigate.config import ConfigError, load_config
-from apigate.config.schema import Config
+from apigate.config.schema import Config, config_hash
 from apigate.gateway.app import App
 from apigate.gateway.balancer import build_upstreams
 from apigate.gateway.filters import Filter
@@ -465,12 +464,6 @@ def _hand_over_tunnels(old: App, new: App) -> None:
     for route, n in src.total.items():
         dst.total[route] = dst.total.get(route, 0) + n
     src.total.clear()
-
-
-def config_hash(cfg: Config) -> str:
-    """A short fingerprint of a configuration (after ${VAR} expansion; a hash, so no
-    secret can be read back from it)."""
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
 
 
 def _needs_restart(old: Config, new: Config) -> set[str]:

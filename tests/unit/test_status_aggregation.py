@@ -209,7 +209,7 @@ def test_nothing_secret_on_the_page() -> None:
     for secret in (SECRET, "hunter2", "svc-user", ":pw@", "/v1"):
         assert secret not in text
     assert doc["rate_limiting"]["store"] == "redis" and doc["auth"]["token_format"] == "jwt"
-    assert re.fullmatch(r"[0-9a-f]{12}", doc["config_hash"])
+    assert re.fullmatch(r"[0-9a-f]{16}", doc["config_hash"])
     assert inst.page(config(auth={"jwt_secret": SECRET + "x"})).hash != page.hash
 
 

@@ -8,6 +8,7 @@ error that names the key, never a silently ignored setting. Field descriptions a
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
@@ -806,3 +807,10 @@ class Config(Section):
         default_factory=list,
         description="Client addresses/CIDRs refused on every route; deny wins over allow.",
     )
+
+
+def config_hash(cfg: Config) -> str:
+    """A configuration's fingerprint: the first 16 hex digits of the SHA-256 of the parsed
+    configuration (after ${VAR} expansion; a hash, so no secret can be read back from it).
+    The reload answer, the config_reloaded event and the status page all show this one."""
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]

@@ -16,7 +16,6 @@ other than ids, counts and modes; the config is shown as a hash.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import itertools
 import time
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from apigate import __version__
+from apigate.config.schema import config_hash
 from apigate.telemetry import metrics, names
 from apigate.telemetry.basic_auth import BasicAuth
 from apigate.telemetry.diagnosis import Series, Window, analyse, parse_metrics, quantile
@@ -46,12 +46,6 @@ BREAKER_STATES = {0: "closed", 1: "open", 2: "half-open"}
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 Labels = tuple[tuple[str, str], ...]
-
-
-def config_hash(cfg: Config) -> str:
-    """First 12 hex digits of the SHA-256 of the parsed config (secrets included in the
-    input, never in the output): two instances with the same hash run the same config."""
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:12]
 
 
 def is_loopback(host: str) -> bool:
