@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -348,3 +349,14 @@ def test_overlays_size_their_environment(builds: dict[str, Build]) -> None:
         limit = cpu_limit(b)
         cores = float(limit[:-1]) / 1000 if limit.endswith("m") else float(limit)
         assert workers <= max(1, cores), f"{name}: {workers} workers on {limit} of cpu"
+
+
+def test_the_guide_copy_is_current() -> None:
+    """The manifests are checked against tests/deploy/guide/, a copy of the guide; where the
+    shared guide sits beside the repository (a developer's checkout), the copy must match it."""
+    here = Path(__file__).resolve()
+    copy_ = here.parent / "guide" / "OPERATIONAL_READINESS.md"
+    shared = here.parents[2].parent / "shared" / "guide" / "OPERATIONAL_READINESS.md"
+    if shared.exists():
+        assert copy_.read_bytes() == shared.read_bytes(), "copy ../shared/guide over tests/deploy/guide"
+    assert "autoscaling/v2" in copy_.read_text()
