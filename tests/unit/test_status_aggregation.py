@@ -346,3 +346,54 @@ def test_every_cell_the_script_updates_finds_its_value() -> None:
     assert shown[target + "/healthy"] == "DOWN" and shown[target + "/breaker"] == "half-open"
     assert shown["upstreams[service=users]/failures"] == "timeout 3"
     assert shown[target + "/pool/idle"] == "4" and shown[target + "/pool/active"] == "—"
+
+
+@pytest.mark.parametrize(
+    ("peer", "admin", "credentials", "expected"),
+    [
+        ("127.0.0.1", {}, None, 200),  # kubectl port-forward arrives from loopback
+        ("::1", {}, None, 200),
+        ("::ffff:127.0.0.1", {}, None, 200),  # a dual-stack listener
+        ("10.1.2.3", {}, None, 403),  # in-cluster, e.g. beside Prometheus: not without auth
+        ("10.1.2.3", {"status_remote": True}, None, 200),
+        ("10.1.2.3", {"basic_auth": "set"}, None, 401),
+        ("10.1.2.3", {"basic_auth": "set"}, ("ops", "pw"), 200),
+    ],
+)
+def test_the_page_is_for_loopback_unless_guarded_or_opened(
+    peer: str, admin: dict[str, Any], credentials: tuple[str, str] | None, expected: int
+) -> None:
+    """The admin port is often reachable in-cluster (Prometheus scrapes it); the page is
+    shown beyond loopback only behind basic auth or with status_remote."""
+    from cycles import serve
+    from transports import parse_responses, run_in_loop, settle
+
+    from apigate.http.server import ServerState
+    from apigate.telemetry.admin import AdminApp
+    from apigate.telemetry.health import Health
+
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    if admin.get("basic_auth"):
+        admin = {**admin, "basic_auth": {"username": "ops", "password_hash": hashed}}
+    cfg = config(observability={"admin": admin})
+    auth = BasicAuth("ops", hashed) if admin.get("basic_auth") else None
+    inst = Instance()
+
+    @run_in_loop
+    async def scenario() -> None:
+        from cycles import LIMITS
+
+        state = ServerState(LIMITS)
+        app = AdminApp(state, Health(state, True, True), True, inst.page(cfg), auth)
+        _, client = serve(app.handle, peer=(peer, 40000))
+        head = b"GET /status.json HTTP/1.1\r\nHost: admin\r\n"
+        if credentials:
+            head += b"Authorization: " + _basic(*credentials) + b"\r\n"
+        client.protocol.data_received(head + b"\r\n")
+        await settle()
+        [response] = parse_responses(client.take())
+        assert response.status == expected
+        if expected == 403:
+            assert "loopback" in response.json()["message"]
+
+    scenario()

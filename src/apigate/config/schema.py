@@ -265,6 +265,11 @@ class AdminConfig(Section):
     basic_auth: AdminBasicAuthConfig | None = Field(
         None, description="HTTP basic auth in front of the status page (/metrics and /health/* stay open)."
     )
+    status_remote: bool = Field(
+        False,
+        description="Show the status page to clients beyond loopback without basic_auth "
+        "(by default only loopback clients, e.g. kubectl port-forward, see it unless basic_auth is set).",
+    )
 
 
 class ObservabilityConfig(Section):

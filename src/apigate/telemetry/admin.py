@@ -17,7 +17,7 @@ from apigate.http.errors import error_body, error_headers, json_headers
 from apigate.telemetry import metrics, status_html
 from apigate.telemetry.basic_auth import CHALLENGE, BasicAuth
 from apigate.telemetry.health import Health
-from apigate.telemetry.status import StatusPage
+from apigate.telemetry.status import StatusPage, is_loopback
 
 HTML_HEADERS = [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")]
 # The page runs only its own inline script and style, and talks to nothing but its origin.
@@ -61,7 +61,7 @@ class AdminApp:
             if cycle.method != "POST":
                 status, body = error_body("method_not_allowed", None)
                 cycle.send_response(status, error_headers([(b"allow", b"POST")]), body)
-            elif not cycle.proto.client_ip.startswith("127.") and cycle.proto.client_ip != "::1":
+            elif not is_loopback(cycle.proto.client_ip):
                 status, body = error_body("forbidden", None, "Reloads are accepted from loopback only.")
                 cycle.send_response(status, error_headers(), body)
             else:
@@ -81,10 +81,25 @@ class AdminApp:
         cycle.complete()
 
     def _status(self, cycle: RequestCycle, page: StatusPage, path: str) -> None:
-        """The status page: read-only (GET/HEAD), behind basic auth when configured."""
+        """The status page: read-only (GET/HEAD), behind basic auth when configured, and
+        without it shown to loopback clients only unless `status_remote` says otherwise:
+        the admin port is often reachable in-cluster (Prometheus scrapes it), the page is
+        for the person on call (kubectl port-forward arrives from loopback)."""
         if cycle.method not in ("GET", "HEAD"):
             status, body = error_body("method_not_allowed", None, "The status page is read-only.")
             cycle.send_response(status, error_headers([(b"allow", b"GET, HEAD")]), body)
+        elif (
+            self.basic_auth is None
+            and not page.cfg.observability.admin.status_remote
+            and not is_loopback(cycle.proto.client_ip)
+        ):
+            status, body = error_body(
+                "forbidden",
+                None,
+                "The status page answers loopback clients only; set observability.admin.basic_auth "
+                "or observability.admin.status_remote.",
+            )
+            cycle.send_response(status, error_headers(), body)
         elif self.basic_auth is not None and not self.basic_auth.allows(
             next((v for n, v in cycle.headers if n == b"authorization"), None)
         ):
