@@ -164,6 +164,9 @@ def test_a_cached_token_is_not_verified_again(h: Harness, monkeypatch: pytest.Mo
     assert len(calls) == 1
     h.clock += h.filter.cache.ttl + 1  # past ttl_secs: verified again
     assert h.request(token).reason is None and len(calls) == 2
+    # auth_cache_lookups_total, as /metrics and the status page read it
+    lookups = {labels: v for name, labels, v in h.filter.samples() if name == "auth_cache_lookups_total"}
+    assert lookups == {("hit",): 4.0, ("miss",): 2.0}
 
 
 def test_cache_entries_never_outlive_the_token() -> None:

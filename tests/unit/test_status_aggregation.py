@@ -198,6 +198,31 @@ def test_last_reload_is_never_until_the_counter_moves() -> None:
     assert page.document()["last_reload"]["result"] == "failed"
 
 
+def test_auth_cache_hit_ratio_and_rate_limit_batch_size_over_the_window() -> None:
+    cfg = config(auth={"jwt_secret": SECRET}, rate_limiting={"redis_url": "redis://redis:6379/0"})
+    inst = Instance()
+    page = inst.page(cfg)
+    inst.now += 1
+    doc = page.document()
+    assert doc["auth"]["cache_hit_ratio"] is None  # nothing looked up yet: unknown, not 0
+    assert doc["rate_limiting"]["batch_size"] is None
+    for w, (hits, misses, checks, trips) in zip(
+        inst.workers, [(30, 10, 40, 10), (15, 5, 20, 10)], strict=True
+    ):
+        lookups = w.reg.counter(names.AUTH_CACHE_LOOKUPS_TOTAL, "", ("result",))
+        lookups.inc(("hit",), hits)
+        lookups.inc(("miss",), misses)
+        w.reg.counter(names.RATE_LIMIT_BACKEND_CHECKS_TOTAL, "", ()).inc((), checks)
+        w.reg.counter(names.RATE_LIMIT_BACKEND_ROUND_TRIPS_TOTAL, "", ()).inc((), trips)
+    inst.now += 2
+    doc = page.document()
+    validate(doc)
+    assert doc["auth"]["cache_hit_ratio"] == 0.75  # 45 of 60, over both workers
+    assert doc["rate_limiting"]["batch_size"] == 3.0  # 60 checks in 20 round trips
+    html = status_html.render(doc).decode()
+    assert "75.0%" in html and ">3<" in html
+
+
 def test_nothing_secret_on_the_page() -> None:
     cfg = config(auth={"jwt_secret": SECRET}, rate_limiting={"redis_url": "redis://:hunter2@redis:6379/0"})
     inst = Instance()

@@ -222,6 +222,8 @@ def test_collectors_export_rate_limit_and_log_counters() -> None:
 
     store = SimpleNamespace(
         backend_errors={"timeout": 2, "connection": 0},
+        round_trips=4,
+        checks_sent=12,
         latency_buckets=[1] + [0] * (len(metrics.BACKEND_BUCKETS) - 1),
         latency_count=3,
         latency_sum=0.7,
@@ -255,6 +257,8 @@ def test_collectors_export_rate_limit_and_log_counters() -> None:
     assert metrics.RATE_LIMITED_REQUESTS.value(("users", "ip")) == 4
     assert metrics.RATE_LIMIT_BACKEND_ERRORS.value(("timeout",)) == 2
     assert metrics.RATE_LIMIT_BACKEND_LATENCY.count(()) == 3  # two above the last bound: +Inf
+    assert metrics.RATE_LIMIT_BACKEND_CHECKS.value(()) == 12  # per round trip: the batch size
+    assert metrics.RATE_LIMIT_BACKEND_ROUND_TRIPS.value(()) == 4
     assert metrics.LOG_EVENTS.value(("stdout",)) == 12
     assert metrics.LOG_EVENTS_DROPPED.value(("es", "queue_full")) == 3
     assert metrics.LOG_SPOOL_BYTES.value(("es",)) == 2048

@@ -34,7 +34,7 @@ from apigate.gateway.router import Route
 from apigate.http.errors import error_body, error_headers
 from apigate.http.headers import X_USER_ID
 from apigate.logs import events
-from apigate.telemetry.names import AUTH_FAILURES_TOTAL
+from apigate.telemetry.names import AUTH_CACHE_LOOKUPS_TOTAL, AUTH_FAILURES_TOTAL
 
 AUTHORIZATION = b"authorization"
 COOKIE = b"cookie"
@@ -68,6 +68,8 @@ class AuthFilter(Filter):
         self.strip = frozenset({X_USER_ID, *self.claim_headers})
         self.watch = self.strip | {AUTHORIZATION, COOKIE}
         self.cookie_prefix = auth.cookie_name.encode() + b"="
+        self.cache_hits = 0  # auth_cache_lookups_total, through samples()
+        self.cache_misses = 0
         self.cache = ClaimsCache(auth.cache.max_capacity, auth.cache.ttl_secs, auth.cache.enabled)
         self.ttl = auth.cache.ttl_secs
         self.failures: dict[str, int] = dict.fromkeys(reasons.REASONS, 0)
@@ -122,6 +124,8 @@ class AuthFilter(Filter):
     def samples(self) -> Iterator[Sample]:
         for reason, n in self.failures.items():
             yield AUTH_FAILURES_TOTAL, (reason,), float(n)
+        yield AUTH_CACHE_LOOKUPS_TOTAL, ("hit",), float(self.cache_hits)
+        yield AUTH_CACHE_LOOKUPS_TOTAL, ("miss",), float(self.cache_misses)
 
     # ------------------------------------------------------------------ filter contract
     def applies_to(self, route: Route | None) -> bool:
@@ -158,6 +162,7 @@ class AuthFilter(Filter):
             token = found
         entry = self.cache.entries.get(token)  # ClaimsCache.get, inlined: this is the hot path
         if entry is not None and entry.deadline > ctx.start:
+            self.cache_hits += 1
             return self._admit(ctx, entry, config)
         return self._verify(ctx, token)
 
@@ -183,7 +188,9 @@ class AuthFilter(Filter):
             return self._fail(ctx, reasons.MALFORMED)  # refused before any parsing
         entry = self.cache.get(token, ctx.start)  # drops a stale entry
         if entry is not None:
+            self.cache_hits += 1
             return self._admit(ctx, entry, ctx.route.config)  # type: ignore[union-attr]
+        self.cache_misses += 1
         text = token.decode("ascii")
         if self.store is not None:
             found = self.store.lookup(text)

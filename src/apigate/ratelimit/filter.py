@@ -43,8 +43,10 @@ from apigate.ratelimit.memory import MemoryStore
 from apigate.ratelimit.redis import RedisStore, StoreUnavailable, call_args, packed_args
 from apigate.redis.endpoint import ratelimit_target
 from apigate.telemetry.names import (
+    RATE_LIMIT_BACKEND_CHECKS_TOTAL,
     RATE_LIMIT_BACKEND_ERRORS_TOTAL,
     RATE_LIMIT_BACKEND_LATENCY_SECONDS,
+    RATE_LIMIT_BACKEND_ROUND_TRIPS_TOTAL,
     RATE_LIMITED_REQUESTS_TOTAL,
 )
 
@@ -234,6 +236,8 @@ class RateLimitFilter(Filter):
             return
         for reason, n in store.backend_errors.items():
             yield RATE_LIMIT_BACKEND_ERRORS_TOTAL, (reason,), float(n)
+        yield RATE_LIMIT_BACKEND_ROUND_TRIPS_TOTAL, (), float(store.round_trips)
+        yield RATE_LIMIT_BACKEND_CHECKS_TOTAL, (), float(store.checks_sent)
         buckets = [float(b) for b in store.latency_buckets]
         over = float(store.latency_count) - sum(buckets)  # above the last bound: +Inf only
         yield RATE_LIMIT_BACKEND_LATENCY_SECONDS, (), [*buckets, over, float(store.latency_sum)]

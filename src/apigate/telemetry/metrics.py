@@ -264,6 +264,11 @@ UPSTREAM_FAILURES = REGISTRY.counter(
 AUTH_FAILURES = REGISTRY.counter(
     names.AUTH_FAILURES_TOTAL, "Requests refused by authentication, by reason.", ("reason",)
 )
+AUTH_CACHE_LOOKUPS = REGISTRY.counter(
+    names.AUTH_CACHE_LOOKUPS_TOTAL,
+    "Verified-token cache lookups of well-formed tokens: hit (no verification) or miss.",
+    ("result",),
+)
 
 HTTP_ERROR_RATE = REGISTRY.gauge(
     names.HTTP_ERROR_RATE,
@@ -338,6 +343,14 @@ RATE_LIMIT_BACKEND_LATENCY = REGISTRY.histogram(
     "Round-trip time of rate-limit store calls.",
     (),
     BACKEND_BUCKETS,
+)
+RATE_LIMIT_BACKEND_ROUND_TRIPS = REGISTRY.counter(
+    names.RATE_LIMIT_BACKEND_ROUND_TRIPS_TOTAL, "Round trips to the rate-limit store (one per batch).", ()
+)
+RATE_LIMIT_BACKEND_CHECKS = REGISTRY.counter(
+    names.RATE_LIMIT_BACKEND_CHECKS_TOTAL,
+    "Rate-limit checks sent to the store; divided by round trips: the batch size.",
+    (),
 )
 
 # Log pipeline (issue 6): the logs package increments and sets these.

@@ -305,6 +305,11 @@ def upstreams(cfg: Config, w: Window, ready: dict[str, Any] | None) -> list[dict
     return out
 
 
+def _ratio(part: float, whole: float) -> float | None:
+    """part / whole over the window, rounded; None when nothing happened in it."""
+    return round(part / whole, 3) if whole > 0 else None
+
+
 def rate_limiting(cfg: Config, w: Window) -> dict[str, Any]:
     rl = cfg.rate_limiting
     if rl is None:
@@ -328,6 +333,10 @@ def rate_limiting(cfg: Config, w: Window) -> dict[str, Any]:
         "breaker": None if store == "memory" else "open" if errors.get("circuit_open") else "closed",
         "backend_errors": errors,
         "backend_p99": _round(w.quantile(0.99, names.RATE_LIMIT_BACKEND_LATENCY_SECONDS)),
+        "batch_size": _ratio(
+            w.by(names.RATE_LIMIT_BACKEND_CHECKS_TOTAL).get((), 0.0),
+            w.by(names.RATE_LIMIT_BACKEND_ROUND_TRIPS_TOTAL).get((), 0.0),
+        ),
         "rejections": rejections,
     }
 
@@ -336,12 +345,13 @@ def auth(cfg: Config, w: Window) -> dict[str, Any]:
     if cfg.auth is None:
         return {"enabled": False}
     failures = {r: v for (r,), v in w.by(names.AUTH_FAILURES_TOTAL, "reason").items() if v > 0}
-    # No cache counters are exported yet: the ratio is null until they are.
+    lookups = w.by(names.AUTH_CACHE_LOOKUPS_TOTAL, "result")
+    hits = lookups.get(("hit",), 0.0)
     return {
         "enabled": True,
         "token_format": cfg.auth.token_format,
         "failures": failures,
-        "cache_hit_ratio": None,
+        "cache_hit_ratio": _ratio(hits, hits + lookups.get(("miss",), 0.0)),
     }
 
 

@@ -166,6 +166,7 @@ def render(doc: dict[str, Any]) -> bytes:
                 ("breaker", "rate_limiting/breaker", rl["breaker"], "t"),
                 ("rejections", "rate_limiting/rejections", rl["rejections"], "map"),
                 ("store errors", "rate_limiting/backend_errors", rl["backend_errors"], "map"),
+                ("checks per round trip", "rate_limiting/batch_size", rl["batch_size"], "n"),
             ]
         )
     )
