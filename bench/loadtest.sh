@@ -14,6 +14,8 @@
 # Knobs: STEP_S=5 (seconds per probe)  P99_MS=10  CONNS=64  PORT=19111  LOADCPU=0  SERVERCPU=1  PIN_LOAD=0
 #        START=2000 (first rate probed)  RESULTS=bench/results/loadtest-<stamp>
 set -euo pipefail
+# shellcheck source=bench/upstream.sh
+source "$(dirname "$0")/upstream.sh"
 
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -46,22 +48,7 @@ NCPU=$(nproc)
 [ "$LOADCPU" -lt "$NCPU" ] && [ "$SERVERCPU" -lt "$NCPU" ] || die "this machine has $NCPU CPUs"
 
 mkdir -p "$RES/run"
-cat >"$RES/nginx.conf" <<EOF
-worker_processes 1;
-pid $RES/run/nginx.pid;
-error_log $RES/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $RES/run/b; proxy_temp_path $RES/run/p; fastcgi_temp_path $RES/run/f;
-  uwsgi_temp_path $RES/run/u; scgi_temp_path $RES/run/s;
-  keepalive_requests 10000000; keepalive_timeout 75s;
-  server {
-    listen 127.0.0.1:$PORT backlog=4096;
-    location / { default_type application/json; return 200 '$BODY'; }
-  }
-}
-EOF
+upstream_conf "$RES/run" "$RES/nginx.err" "$PORT" "$BODY" >"$RES/nginx.conf"
 taskset -c "$SERVERCPU" "$NGINX" -e "$RES/nginx.err" -p "$RES/run" -c "$RES/nginx.conf" -g 'daemon off;' \
   </dev/null >"$RES/nginx.log" 2>&1 &
 NGINX_PID=$!

@@ -9,6 +9,8 @@
 # status_enabled` false vs true, and while "on" is measured /status.json is read every 2 s (a viewer).
 # Every process started here is stopped by pid on exit.
 set -euo pipefail
+# shellcheck source=bench/upstream.sh
+source "$(dirname "$0")/upstream.sh"
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}; ROUNDS=${ROUNDS:-4}; CONNS=${CONNS:-64}; WARMUP=${WARMUP:-2}
 LOADCPU=${LOADCPU:-0}; PEERCPU=${PEERCPU:-1}; STATUS=${STATUS:-0}
@@ -18,15 +20,7 @@ RES=bench/results/metrics-$(date -u +%Y%m%d-%H%M%S); mkdir -p "$RES/run"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
-cat >"$RES/nginx.conf" <<NG
-worker_processes 1; pid $PWD/$RES/run/nginx.pid; error_log $PWD/$RES/nginx.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 10000000; keepalive_timeout 75s;
-  client_body_temp_path $PWD/$RES/run/b; proxy_temp_path $PWD/$RES/run/p; fastcgi_temp_path $PWD/$RES/run/f;
-  uwsgi_temp_path $PWD/$RES/run/u; scgi_temp_path $PWD/$RES/run/s;
-  server { listen 127.0.0.1:$UP backlog=4096;
-    location / { default_type application/json; return 200 '{"users":[{"id":1,"name":"alice"},{"id":2,"name":"bob"}]}'; } } }
-NG
+upstream_conf "$PWD/$RES/run" "$PWD/$RES/nginx.err" "$UP" '{"users":[{"id":1,"name":"alice"},{"id":2,"name":"bob"}]}' >"$RES/nginx.conf"
 taskset -c "$LOADCPU" "$NGINX" -e "$PWD/$RES/nginx.err" -p "$PWD/$RES/run" -c "$PWD/$RES/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 conf() { # port metrics_enabled

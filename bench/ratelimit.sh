@@ -17,6 +17,8 @@
 # one, two batches written back to back may share one). On a shared machine compare the CPU
 # figures too: unlike req/s they do not depend on what else runs.
 set -euo pipefail
+# shellcheck source=bench/upstream.sh
+source "$(dirname "$0")/upstream.sh"
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10} WARMUP=${WARMUP:-2} ROUNDS=${ROUNDS:-3} CONNS=${CONNS:-64}
 LOADCPU=${LOADCPU:-0} PEERCPU=${PEERCPU:-1}
@@ -35,22 +37,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 wait_port() { for _ in $(seq 100); do ss -Hltn "sport = :$1" | grep -q . && return 0; sleep 0.1; done; return 1; }
 
-cat >"$OUT/upstream.conf" <<NGX
-worker_processes 1;
-pid $OUT/run/nginx.pid;
-error_log $OUT/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $OUT/run/b; proxy_temp_path $OUT/run/p; fastcgi_temp_path $OUT/run/f;
-  uwsgi_temp_path $OUT/run/u; scgi_temp_path $OUT/run/s;
-  keepalive_requests 10000000; keepalive_timeout 75s;
-  server {
-    listen 127.0.0.1:$UP_PORT backlog=4096;
-    location / { default_type application/json; return 200 '{"id":4,"name":"bench-user","email":"u@example.org"}'; }
-  }
-}
-NGX
+upstream_conf "$OUT/run" "$OUT/nginx.err" "$UP_PORT" '{"id":4,"name":"bench-user","email":"u@example.org"}' >"$OUT/upstream.conf"
 taskset -c "$LOADCPU" "$NGINX" -e "$OUT/nginx.err" -p "$OUT/run" -c "$OUT/upstream.conf" -g 'daemon off;' &
 PIDS+=($!)
 taskset -c "$LOADCPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \

@@ -17,6 +17,8 @@
 # Everything listens on 127.0.0.1 only. Every process started here is recorded (pid + start time)
 # and stopped by pid on exit, Ctrl-C included. Raw results: bench/results/<timestamp>/.
 set -euo pipefail
+# shellcheck source=bench/upstream.sh
+source "$(dirname "$0")/upstream.sh"
 
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -281,23 +283,7 @@ for port in $UP_PORT $NGINX_PORT $APIGATE_PORT; do
 done
 
 # ------------------------------------------------------------------ configs
-cat >"$GEN/nginx-upstream.conf" <<EOF
-# upstream: fixed 52-byte JSON, keep-alive for the whole run
-worker_processes 1;
-pid $RUN/nginx-upstream.pid;
-error_log $LOGS/nginx-upstream.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $RUN/up_body; proxy_temp_path $RUN/up_proxy; fastcgi_temp_path $RUN/up_fcgi;
-  uwsgi_temp_path $RUN/up_uwsgi; scgi_temp_path $RUN/up_scgi;
-  keepalive_requests 10000000; keepalive_timeout 75s;
-  server {
-    listen 127.0.0.1:$UP_PORT backlog=4096;
-    location / { default_type application/json; return 200 '$BODY'; }
-  }
-}
-EOF
+upstream_conf "$RUN" "$LOGS/nginx-upstream.err" "$UP_PORT" "$BODY" >"$GEN/nginx-upstream.conf"
 cat >"$GEN/nginx-proxy.conf" <<EOF
 # nginx as a plain reverse proxy: 1 worker, upstream keepalive
 worker_processes 1;

@@ -18,6 +18,8 @@
 # Knobs: DURATION=8 ROUNDS=3 CONNS=64 WARMUP=2 LOADCPU=0 PEERCPU=1. Every process started here is
 # stopped by pid on exit. Raw output: bench/results/traffic-<timestamp>/.
 set -euo pipefail
+# shellcheck source=bench/upstream.sh
+source "$(dirname "$0")/upstream.sh"
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8}; ROUNDS=${ROUNDS:-3}; CONNS=${CONNS:-64}; WARMUP=${WARMUP:-2}
 LOADCPU=${LOADCPU:-0}; PEERCPU=${PEERCPU:-1}
@@ -43,15 +45,7 @@ RES=bench/results/traffic-$(date -u +%Y%m%d-%H%M%S); mkdir -p "$RES/run"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
-cat >"$RES/nginx.conf" <<NG
-worker_processes 1; pid $PWD/$RES/run/nginx.pid; error_log $PWD/$RES/nginx.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 10000000; keepalive_timeout 75s;
-  client_body_temp_path $PWD/$RES/run/b; proxy_temp_path $PWD/$RES/run/p; fastcgi_temp_path $PWD/$RES/run/f;
-  uwsgi_temp_path $PWD/$RES/run/u; scgi_temp_path $PWD/$RES/run/s;
-  server { listen 127.0.0.1:$UP backlog=4096;
-    location / { default_type application/json; return 200 '{"id":4,"name":"bench-user","email":"u@example.org"}'; } } }
-NG
+upstream_conf "$PWD/$RES/run" "$PWD/$RES/nginx.err" "$UP" '{"id":4,"name":"bench-user","email":"u@example.org"}' >"$RES/nginx.conf"
 taskset -c "$LOADCPU" "$NGINX" -e "$PWD/$RES/nginx.err" -p "$PWD/$RES/run" -c "$PWD/$RES/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 declare -A PID_OF
