@@ -12,6 +12,10 @@ construction to apigate/server.py, so that a change can be measured against its 
 
 `CALLGRIND_CONFIG` names another configuration (bench/traffic/*.yaml, with the same route)
 and `CALLGRIND_HEADER` adds one request header (bench/traffic_ab.sh --callgrind).
+For the full stack (bench/callgrind_full.sh): `CALLGRIND_START=1` starts the log pipeline and
+the filters (a real Redis for the rate limiter; the loop runs between batches) and
+`CALLGRIND_CONCURRENCY=K` sends K requests on K connections at a time, so that the rate
+limiter batches K checks per Redis round trip as it does under load.
 """
 
 from __future__ import annotations
@@ -66,6 +70,11 @@ class Transport:
         self.closing = True
 
 
+CONCURRENCY = int(os.environ.get("CALLGRIND_CONCURRENCY", "1"))
+START = os.environ.get("CALLGRIND_START") == "1"
+_SERVER: list[Any] = [None]
+
+
 def build(cfg: Any) -> tuple[Any, Any, Any]:
     """(handler, listener state, upstream pool) for either layout of the code."""
     try:
@@ -76,10 +85,26 @@ def build(cfg: Any) -> tuple[Any, Any, Any]:
         app = App(cfg)
         return app.handle, app.state, next(iter(app.pools.values()))
     server = Server(cfg)
+    _SERVER[0] = server
     return server.app.handle, server.state, next(iter(server.pools.values()))
 
 
+async def start(server: Any, cfg: Any) -> None:
+    """What Server.start does besides listening: the log pipeline and the filters' own start
+    (Redis connections, the rate limiter's batcher), so that a full-stack configuration runs."""
+    from apigate.logs import events
+    from apigate.logs.pipeline import Pipeline
+
+    server.logs = Pipeline.from_config(cfg.logging, 0)
+    await server.logs.start()
+    events.attach(server.logs, take_early=True)
+    for f in server.filters:
+        await f.start()
+
+
 async def run(n: int) -> None:
+    import asyncio
+
     from apigate.config import load_config
     from apigate.http.client import ConnState, UpstreamConnection
     from apigate.http.server import HttpServerProtocol
@@ -89,19 +114,40 @@ async def run(n: int) -> None:
     default = os.path.join(os.path.dirname(__file__), "apigate-bench.yaml")
     cfg = load_config(os.environ.get("CALLGRIND_CONFIG", default))
     handle, state, pool = build(cfg)
-    upstream = UpstreamConnection(pool)
-    upstream.connection_made(Transport())
-    upstream.state = ConnState.ACTIVE
-    pool.active += 1
-    pool.release(upstream, True)  # an idle keep-alive connection, as after the first request
-    client = HttpServerProtocol(handle, state)
-    client_transport = Transport()
-    client.connection_made(client_transport)
-    for _ in range(n):
-        client.data_received(REQUEST)
-        upstream.data_received(RESPONSE)
-    assert client_transport.written > n * len(BODY), "the responses did not reach the client"
-    assert len(pool.idle) == 1, "the upstream connection was not reused"
+    if START:
+        await start(_SERVER[0], cfg)
+    upstreams = []
+    for _ in range(CONCURRENCY):
+        upstream = UpstreamConnection(pool)
+        upstream.connection_made(Transport())
+        upstream.state = ConnState.ACTIVE
+        pool.active += 1
+        pool.release(upstream, True)  # idle keep-alive connections, as after the first request
+        upstreams.append(upstream)
+    clients = []
+    for _ in range(CONCURRENCY):
+        client = HttpServerProtocol(handle, state)
+        client.connection_made(Transport())
+        clients.append(client)
+    answered = {id(u): 0 for u in upstreams}
+    for _ in range(n // CONCURRENCY):
+        for client in clients:
+            client.data_received(REQUEST)
+        pending = CONCURRENCY
+        while pending:
+            for u in upstreams:
+                written = u.transport.written  # type: ignore[attr-defined]
+                if written > answered[id(u)]:
+                    answered[id(u)] = written
+                    u.data_received(RESPONSE)
+                    pending -= 1
+            if pending:
+                await asyncio.sleep(0)  # a filter waits on a real socket (Redis)
+        if START:
+            await asyncio.sleep(0)  # the log pipeline's pump runs between batches
+    for client in clients:
+        assert client.transport.written > (n // CONCURRENCY) * len(BODY), "no responses"  # type: ignore[attr-defined]
+    assert len(pool.idle) == CONCURRENCY, "the upstream connections were not reused"
 
 
 def main() -> int:
