@@ -111,9 +111,11 @@ auth_of() {
 mkdir -p "$RESULTS" "$GEN" "$RUN" "$LOGS"
 stop_leftovers "$RESULTS"
 SCRAPER=
+CHILD=
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  if [ -n "$CHILD" ]; then stop_tree "$CHILD"; fi
   if [ -n "$SCRAPER" ]; then stop_tree "$SCRAPER"; fi
   log "stopping everything started by this run"
   stop_recorded
@@ -262,6 +264,19 @@ preflight() { # case peer
   fi
 }
 
+# measure OUT CMD...: a load generator (wrk, apigate loadtest) in the background under `timeout`,
+# waited for with `wait`: a Ctrl-C then runs the INT trap at once (bash defers a trap until a
+# foreground child exits, and ignores the signal when that child caught it, as wrk does).
+measure() {
+  local out=$1 rc=0
+  shift
+  timeout -k 5 "$@" >"$out" 2>&1 </dev/null &
+  CHILD=$!
+  wait "$CHILD" || rc=$?
+  CHILD=
+  return "$rc"
+}
+
 # ------------------------------------------------------------------ closed loop
 WRK_TIMEOUT=$((WARMUP + DURATION + 30))
 HZ=$(getconf CLK_TCK)
@@ -273,14 +288,14 @@ run_wrk() { # case peer round
   out=$RES/wrk.$c.$p.$r.txt
   pid=${PID_OF[$p]:-$APIGATE_PID}
   if [ "$WARMUP" -gt 0 ]; then
-    timeout --foreground -k 5 "$WRK_TIMEOUT" taskset -c "$LOADCPU" \
-      wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "${auth[@]}" "$u" >/dev/null 2>&1 || true
+    measure /dev/null "$WRK_TIMEOUT" taskset -c "$LOADCPU" \
+      wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "${auth[@]}" "$u" || true
   fi
   c0=$(cpu_ticks "$pid")
   b0=$(busy_ticks)
   t0=$EPOCHREALTIME
-  if ! timeout --foreground -k 5 "$WRK_TIMEOUT" taskset -c "$LOADCPU" \
-    wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "${auth[@]}" "$u" >"$out" 2>&1; then
+  if ! measure "$out" "$WRK_TIMEOUT" taskset -c "$LOADCPU" \
+    wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "${auth[@]}" "$u"; then
     log "round $r $c/$p: wrk failed (see ${out#"$REPO"/})"
   fi
   t1=$EPOCHREALTIME
@@ -330,10 +345,9 @@ open_loop() { # case peer rate
       fi
       ;;
   esac
-  timeout --foreground -k 5 $((OPEN_LOOP_S + 60)) taskset -c "$LOADCPU" "$APIGATE" loadtest \
+  measure "$RES/open.$c.$p.txt" $((OPEN_LOOP_S + 60)) taskset -c "$LOADCPU" "$APIGATE" loadtest \
     --url "http://127.0.0.1:$(port_of "$p")$ROUTE" --rps "$rate" --duration "${OPEN_LOOP_S}s" \
-    --connections "$CONNS" --timeout 5s "${args[@]}" --report "$RES/open.$c.$p.json" \
-    >"$RES/open.$c.$p.txt" 2>&1 || true
+    --connections "$CONNS" --timeout 5s "${args[@]}" --report "$RES/open.$c.$p.json" || true
   log "open loop $c/$p at $rate req/s: $(tail -n1 "$RES/open.$c.$p.txt")"
 }
 for c in $CASES; do
@@ -342,8 +356,8 @@ for c in $CASES; do
   start_apigate "$c" open
   if [ "$WARMUP" -gt 0 ]; then
     mapfile -t auth < <(wrk_auth "$c")
-    timeout --foreground -k 5 "$WRK_TIMEOUT" taskset -c "$LOADCPU" wrk -t"$THREADS" -c"$CONNS" \
-      -d"${WARMUP}s" "${auth[@]}" "http://127.0.0.1:$APIGATE_PORT$ROUTE" >/dev/null 2>&1 || true
+    measure /dev/null "$WRK_TIMEOUT" taskset -c "$LOADCPU" wrk -t"$THREADS" -c"$CONNS" \
+      -d"${WARMUP}s" "${auth[@]}" "http://127.0.0.1:$APIGATE_PORT$ROUTE" || true
   fi
   open_loop "$c" apigate "$rate"
   rss_of_apigate >"$RES/open.$c.rss.txt"

@@ -164,6 +164,11 @@ def build(res: Path) -> dict[str, Any]:
                 "upstream": o_up,
                 "added_p99_ms": None if added is None else round(added, 3),
             }
+            if added is not None and added < 0:
+                notes.append(
+                    f"{case}: apigate's open-loop p99 is below the upstream's measured alone "
+                    "(noise: other work on the machine during one of the two runs)"
+                )
             for who, o in (("apigate", o_ag), ("upstream", o_up)):
                 if o is not None and not o["kept_up"]:
                     notes.append(
