@@ -282,7 +282,7 @@ WRK_TIMEOUT=$((WARMUP + DURATION + 30))
 HZ=$(getconf CLK_TCK)
 busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
 run_wrk() { # case peer round
-  local c=$1 p=$2 r=$3 u out pid c0 c1 b0 b1 t0 t1 auth=()
+  local c=$1 p=$2 r=$3 u out pid c0 c1 b0 b1 t0 t1 r0=0 r1=0 auth=()
   mapfile -t auth < <(wrk_auth "$c")
   u=http://127.0.0.1:$(port_of "$p")$ROUTE
   out=$RES/wrk.$c.$p.$r.txt
@@ -292,6 +292,7 @@ run_wrk() { # case peer round
       wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "${auth[@]}" "$u" || true
   fi
   c0=$(cpu_ticks "$pid")
+  if [ -n "${PID_OF[redis]:-}" ]; then r0=$(cpu_ticks "${PID_OF[redis]}"); fi
   b0=$(busy_ticks)
   t0=$EPOCHREALTIME
   if ! measure "$out" "$WRK_TIMEOUT" taskset -c "$LOADCPU" \
@@ -301,9 +302,11 @@ run_wrk() { # case peer round
   t1=$EPOCHREALTIME
   b1=$(busy_ticks)
   c1=$(cpu_ticks "$pid")
+  if [ -n "${PID_OF[redis]:-}" ]; then r1=$(cpu_ticks "${PID_OF[redis]}"); fi
   {
     echo "cpu_ticks $((c1 - c0)) hz $HZ wall $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
     echo "machine_busy_ticks $((b1 - b0))"
+    echo "redis_cpu_ticks $((r1 - r0))"
   } >>"$out"
   log "round $r $c/$p: $(grep -E 'Requests/sec' "$out" | xargs) $(grep -E 'Non-2xx|Socket errors' "$out" | xargs)"
 }

@@ -55,6 +55,9 @@ def parse_wrk(text: str) -> dict[str, Any] | None:
     d["errors"] = errs
     m = re.search(r"cpu_ticks (-?\d+) hz (\d+) wall ([\d.]+)", text)
     d["cpu_us"] = int(m.group(1)) / int(m.group(2)) / max(d["n"], 1) * 1e6 if m else math.nan
+    m2 = re.search(r"^redis_cpu_ticks (-?\d+)$", text, re.M)
+    # Redis' CPU (on the load generator's core) per request, for the cases that use it
+    d["redis_us"] = int(m2.group(1)) / int(m.group(2)) / max(d["n"], 1) * 1e6 if m and m2 else math.nan
     m = re.search(r"^rss (.*)$", text, re.M)
     if m:
         procs = [(kind, int(kib)) for kind, _, kib in re.findall(r"(root|child)=(\d+):(\d+)", m.group(1))]
@@ -91,6 +94,7 @@ def _peer(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "rps_min": _num(min(r["rps"] for r in runs), 0),
         "rps_max": _num(max(r["rps"] for r in runs), 0),
         "cpu_us_per_req": _num(_median([r["cpu_us"] for r in runs])),
+        "redis_cpu_us_per_req": _num(_median([r.get("redis_us", math.nan) for r in runs])),
         "p50_ms": _num(_median([r["p50"] for r in runs]), 2),
         "p99_ms": _num(_median([r["p99"] for r in runs]), 2),
         "errors": sum(r["errors"] for r in runs),
@@ -247,12 +251,15 @@ def render_md(doc: dict[str, Any]) -> str:
     for c in doc["cases"]:
         a, n, o = c["apigate"], c["nginx"] or {}, c["open_loop"] or {}
         oa, ou = o.get("apigate") or {}, o.get("upstream") or {}
+        cpu = _f(a["cpu_us_per_req"], "{:.1f}")
+        if a.get("redis_cpu_us_per_req"):
+            cpu += f" (+{a['redis_cpu_us_per_req']:.1f} Redis)"
         rss = _f(c["rss_mib_per_worker"], "{:.1f}")
         if c["workers"] > 1:
             rss += f" x{c['workers']} (+{_f(c['rss_mib_master'], '{:.1f}')} master)"
         out.append(
             f"| {c['label']} | {_f(a['rps'])} ({_f(a['rps_min'])}-{_f(a['rps_max'])}) | {_f(n.get('rps'))} "
-            f"| {_f(c['x_nginx'], '{:.2f}')} | {_f(a['cpu_us_per_req'], '{:.1f}')} "
+            f"| {_f(c['x_nginx'], '{:.2f}')} | {cpu} "
             f"| {_f(a['p99_ms'], '{:.2f}')} / {_f(n.get('p99_ms'), '{:.2f}')} | {_f(o.get('rate'))} "
             f"| {_f(oa.get('p50_ms'), '{:.2f}')} / {_f(oa.get('p99_ms'), '{:.2f}')} "
             f"| {_f(ou.get('p99_ms'), '{:.2f}')} | {_f(o.get('added_p99_ms'), '{:.2f}')} | {rss} |"
@@ -274,7 +281,8 @@ def render_md(doc: dict[str, Any]) -> str:
     out += [
         "- req/s, CPU and closed-loop p99: median over the rounds (wrk -t1 -c64, closed loop); "
         "x nginx: median of each round's ratio to the plain nginx proxy measured right before or after it.",
-        "- CPU µs/req: user+system time of every apigate process (all workers) per request.",
+        "- CPU µs/req: user+system time of every apigate process (all workers) per request; "
+        "(+N Redis): Redis' own, on the load generator's core, not counted in apigate's.",
         "- open loop: `apigate loadtest` at 50 % of the case's median max rate, latency from each "
         "request's due time; gateway-added p99 = apigate's open-loop p99 minus the upstream's, "
         "measured directly at the same "

@@ -103,7 +103,9 @@ def test_tokens_one_per_user_and_the_wrk_script(tmp_path: Path, monkeypatch: pyt
 # ------------------------------------------------------------------ the report, from a fixture
 
 
-def _wrk(rps: float, p99_ms: float, n: int, cpu_ticks: int, rss: str = "", non2xx: int = 0) -> str:
+def _wrk(
+    rps: float, p99_ms: float, n: int, cpu_ticks: int, rss: str = "", non2xx: int = 0, redis: int = 0
+) -> str:
     return (
         "Running 10s test @ http://127.0.0.1:19731/api/users\n"
         "  1 threads and 64 connections\n"
@@ -117,7 +119,8 @@ def _wrk(rps: float, p99_ms: float, n: int, cpu_ticks: int, rss: str = "", non2x
         + f"Requests/sec:   {rps:.2f}\n"
         "Transfer/sec:      3.28MB\n"
         f"cpu_ticks {cpu_ticks} hz 100 wall 10.0\n"
-        "machine_busy_ticks 1500\n" + (f"{rss}\n" if rss else "")
+        "machine_busy_ticks 1500\n"
+        f"redis_cpu_ticks {redis}\n" + (f"{rss}\n" if rss else "")
     )
 
 
@@ -148,7 +151,7 @@ def raw(tmp_path: Path) -> Path:
         "wrk.proxy.apigate.3.txt": _wrk(80000, 2.0, 800000, 1120, "rss root=13:40000"),
         "wrk.proxy.nginx.3.txt": _wrk(100000, 1.1, 1000000, 1000),
         # full: one round, 36 us/req (9000 ticks of 10 ms over 250,000 requests)
-        "wrk.full.apigate.1.txt": _wrk(25000, 13.0, 250000, 900, "rss root=21:61440", non2xx=5),
+        "wrk.full.apigate.1.txt": _wrk(25000, 13.0, 250000, 900, "rss root=21:61440", non2xx=5, redis=100),
         "wrk.full.nginx.1.txt": _wrk(100000, 1.0, 1000000, 1000),
         # workers2: a master and two workers
         "wrk.workers2.apigate.1.txt": _wrk(
@@ -181,6 +184,7 @@ def test_report_builds_the_table(raw: Path) -> None:
     assert proxy["rss_mib_per_worker"] == 41.0 and proxy["workers"] == 1 and proxy["rss_mib_master"] is None
     assert proxy["open_loop"]["added_p99_ms"] == 1.5
     assert full["apigate"]["cpu_us_per_req"] == 36.0 and full["x_nginx"] == 0.25
+    assert full["apigate"]["redis_cpu_us_per_req"] == 4.0 and proxy["apigate"]["redis_cpu_us_per_req"] == 0
     assert full["apigate"]["errors"] == 5
     assert full["open_loop"]["rate"] == 12500 and full["open_loop"]["added_p99_ms"] == 0.9
     assert w2["rounds"] == 1 and w2["workers"] == 2
@@ -205,6 +209,7 @@ def test_report_writes_markdown_and_json(raw: Path, tmp_path: Path) -> None:
     assert rows[1].startswith("| proxy only | 70,000 (60,000-80,000) | 100,000 | 0.75 | 14.0 | 3.00 / 1.10 |")
     assert "| 35,000 | 0.50 / 2.50 | 1.00 | 1.50 | 41.0 |" in rows[1]
     assert rows[3].endswith("| 80.0 x2 (+50.0 master) |")
+    assert "| 0.25 | 36.0 (+4.0 Redis) |" in rows[2] and "| 0.75 | 14.0 |" in rows[1]
     assert "2 workers / 1 worker (full): **1.20**" in text
 
 
