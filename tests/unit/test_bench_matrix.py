@@ -131,6 +131,13 @@ def _open(rate: float, p50: float, p99: float, kept_up: bool = True) -> dict[str
         "latency_ms": {"p50": p50, "p90": p99 / 2, "p99": p99, "max": p99 * 2},
         "errors": 0,
         "generator": {"kept_up": kept_up},
+        # per second: two at 0.8 x the run's p99, one stalled second, one with nothing sent
+        "timeline": [
+            {"t": 0, "achieved_rps": rate, "p99_ms": p99 * 0.8},
+            {"t": 1, "achieved_rps": rate, "p99_ms": p99 * 30},
+            {"t": 2, "achieved_rps": rate, "p99_ms": p99 * 0.8},
+            {"t": 3, "achieved_rps": 0, "p99_ms": None},
+        ],
     }
 
 
@@ -183,6 +190,7 @@ def test_report_builds_the_table(raw: Path) -> None:
     assert proxy["apigate"]["p99_ms"] == 3.0 and proxy["nginx"]["p99_ms"] == 1.1
     assert proxy["rss_mib_per_worker"] == 41.0 and proxy["workers"] == 1 and proxy["rss_mib_master"] is None
     assert proxy["open_loop"]["added_p99_ms"] == 1.5
+    assert proxy["open_loop"]["added_p99_1s_median_ms"] == 1.2  # 0.8 x (2.5 - 1.0): the stall left out
     assert full["apigate"]["cpu_us_per_req"] == 36.0 and full["x_nginx"] == 0.25
     assert full["apigate"]["redis_cpu_us_per_req"] == 4.0 and proxy["apigate"]["redis_cpu_us_per_req"] == 0
     assert full["apigate"]["errors"] == 5
@@ -207,7 +215,7 @@ def test_report_writes_markdown_and_json(raw: Path, tmp_path: Path) -> None:
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(rows) == 4  # the header and three cases
     assert rows[1].startswith("| proxy only | 70,000 (60,000-80,000) | 100,000 | 0.75 | 14.0 | 3.00 / 1.10 |")
-    assert "| 35,000 | 0.50 / 2.50 | 1.00 | 1.50 | 41.0 |" in rows[1]
+    assert "| 35,000 | 0.50 / 2.50 | 1.00 | 1.50 | 1.20 | 41.0 |" in rows[1]
     assert rows[3].endswith("| 80.0 x2 (+50.0 master) |")
     assert "| 0.25 | 36.0 (+4.0 Redis) |" in rows[2] and "| 0.75 | 14.0 |" in rows[1]
     assert "2 workers / 1 worker (full): **1.20**" in text
