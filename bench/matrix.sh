@@ -233,16 +233,24 @@ start_apigate() { # case tag
     SCRAPER=$!
   fi
 }
-stop_apigate() {
+stop_apigate() { # tag: what apigate said about the case is kept in logs/ as <what>.<tag>.txt
   if [ -n "$SCRAPER" ]; then
     stop_tree "$SCRAPER"
     wait "$SCRAPER" 2>/dev/null || true
     SCRAPER=
+    # the server's view (statuses, rate-limit backend errors) from a last scrape
+    curl -s -m 5 "http://127.0.0.1:$METRICS_PORT/metrics" |
+      grep -E '^(http_requests_total|rate_limit_backend_errors_total|auth_failures_total)' \
+        >"$LOGS/metrics.$1.txt" || true
   fi
   stop_tree "$APIGATE_PID"
   wait "$APIGATE_PID" 2>/dev/null || true
   for _ in $(seq 50); do port_busy "$APIGATE_PORT" || break; sleep 0.1; done
-  if [ -f "$RUN/access.log" ]; then echo "$(wc -l <"$RUN/access.log") lines" >"$LOGS/access-lines.$1.txt"; fi
+  if [ -f "$RUN/access.log" ]; then
+    echo "$(wc -l <"$RUN/access.log") lines" >"$LOGS/access-lines.$1.txt"
+    # the access log's statuses ("count status" lines): where non-2xx answers came from
+    { grep -o '"status":[0-9]*' "$RUN/access.log" || true; } | cut -d: -f2 | sort | uniq -c >"$LOGS/access-status.$1.txt"
+  fi
   rm -rf "$RUN/access.log" "$RUN/spool"
 }
 port_of() { if [ "$1" = nginx ]; then echo "$NGINX_PORT"; elif [ "$1" = upstream ]; then echo "$UP_PORT"; else echo "$APIGATE_PORT"; fi; }

@@ -122,6 +122,30 @@ def _open(path: Path) -> dict[str, Any] | None:
     }
 
 
+def server_view(res: Path, case: str) -> dict[str, dict[str, int]]:
+    """Non-2xx statuses from the access logs and rate-limit backend errors from the last scrape,
+    summed over the case's closed-loop rounds (logs/access-status.<case>.<round>.txt and
+    logs/metrics.<case>.<round>.txt, written by bench/matrix.sh when it stops apigate)."""
+    statuses: dict[str, int] = {}
+    backend: dict[str, int] = {}
+    for f in sorted((res / "logs").glob(f"access-status.{case}.*.txt")):
+        if not f.name.split(".")[-2].isdigit():
+            continue
+        for line in f.read_text(encoding="utf-8").splitlines():
+            count, _, status = line.strip().partition(" ")
+            if count.isdigit() and status and not status.startswith("2"):
+                statuses[status] = statuses.get(status, 0) + int(count)
+    for f in sorted((res / "logs").glob(f"metrics.{case}.*.txt")):
+        if not f.name.split(".")[-2].isdigit():
+            continue
+        for line in f.read_text(encoding="utf-8").splitlines():
+            m = re.match(r"rate_limit_backend_errors_total(\{[^}]*\})?\s+([\d.e+]+)", line)
+            if m and float(m.group(2)) > 0:
+                key = m.group(1) or "{}"
+                backend[key] = backend.get(key, 0) + int(float(m.group(2)))
+    return {"statuses": statuses, "rate_limit_backend_errors": backend}
+
+
 def case_rounds(res: Path, case: str, peer: str) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for f in res.glob(f"wrk.{case}.{peer}.*.txt"):
@@ -196,10 +220,18 @@ def build(res: Path) -> dict[str, Any]:
                     )
                 if o is not None and o["errors"]:
                     notes.append(f"{case}: {o['errors']} open-loop errors ({who})")
+        row["server_view"] = server_view(res, case)
         if row["apigate"]["errors"] or (row["nginx"] and row["nginx"]["errors"]):
+            sv = row["server_view"]
+            why = ", ".join(f"status {k}: {v}" for k, v in sorted(sv["statuses"].items()))
+            why += "".join(
+                f", rate_limit_backend_errors_total{k} {v}"
+                for k, v in sv["rate_limit_backend_errors"].items()
+            )
             notes.append(
                 f"{case}: closed-loop errors: apigate {row['apigate']['errors']}, "
                 f"nginx {row['nginx']['errors'] if row['nginx'] else '-'}"
+                + (f" ({why.lstrip(', ')})" if why else "")
             )
         cases.append(row)
     by = {c["case"]: c for c in cases}

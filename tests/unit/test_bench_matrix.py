@@ -169,6 +169,14 @@ def raw(tmp_path: Path) -> Path:
     }
     for name, text in files.items():
         (tmp_path / name).write_text(text)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "access-status.full.1.txt").write_text("  249995 200\n      5 503\n")
+    (tmp_path / "logs" / "access-status.full.open.txt").write_text("     7 503\n")  # not a round
+    (tmp_path / "logs" / "metrics.full.1.txt").write_text(
+        'http_requests_total{route="users",status="503"} 5\n'
+        'rate_limit_backend_errors_total{reason="timeout"} 5\n'
+        'rate_limit_backend_errors_total{reason="refused"} 0\n'
+    )
     for name, doc in {
         "open.proxy.apigate.json": _open(35000, 0.5, 2.5, kept_up=False),
         "open.proxy.upstream.json": _open(35000, 0.2, 1.0),
@@ -201,7 +209,14 @@ def test_report_builds_the_table(raw: Path) -> None:
     assert doc["summary"]["workers2_over_full"] == 1.2
     assert doc["machine"]["cpu"] == "AMD EPYC" and doc["machine"]["loadavg_after"] == "1.00 0.90 0.80"
     assert any("did not keep up with apigate" in n for n in doc["notes"])
-    assert any("full: closed-loop errors: apigate 5" in n for n in doc["notes"])
+    assert full["server_view"] == {
+        "statuses": {"503": 5},
+        "rate_limit_backend_errors": {'{reason="timeout"}': 5},
+    }
+    assert (
+        "full: closed-loop errors: apigate 5, nginx 0 "
+        '(status 503: 5, rate_limit_backend_errors_total{reason="timeout"} 5)' in doc["notes"]
+    )
 
 
 def test_report_writes_markdown_and_json(raw: Path, tmp_path: Path) -> None:
