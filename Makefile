@@ -3,7 +3,8 @@
 #   make run     create .venv if needed, start the demo upstream + gateway (Ctrl-C stops both)
 #   make test    install the environment and test tools, lint, run the whole test suite
 #   make lint    ruff check, ruff format --check, mypy --strict
-#   make bench   side-by-side loopback benchmark: upstream direct / nginx / apigate (bench/README.md)
+#   make bench   the benchmark matrix of issue 18 (bench/matrix.sh; table in bench/results/latest.md)
+#   make bench-peers  side-by-side loopback benchmark: upstream direct / nginx / apigate (bench/run.sh)
 #   make format  apply ruff's formatter and safe fixes
 #   make clean   remove caches and build output (keeps .venv and bench/results)
 
@@ -17,7 +18,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install run test test-deps lint format bench clean distclean FORCE
+.PHONY: help install run test test-deps lint format bench bench-peers clean distclean FORCE
 
 help:
 	@sed -n 's/^#   make /  make /p' $(firstword $(MAKEFILE_LIST))
@@ -57,6 +58,9 @@ format: install
 	$(BIN)/ruff check --fix src tests
 
 bench: install
+	bench/matrix.sh
+
+bench-peers: install
 	bench/run.sh
 
 clean:

@@ -355,6 +355,7 @@ ISSUE_FLAGS = {
     "--url",
     "--method",
     "--header",
+    "--header-file",  # issue 18's benchmark matrix: a token per user
     "--body",
     "--body-file",
     "--connections",

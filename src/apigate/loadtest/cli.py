@@ -79,6 +79,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--header", action="append", default=[], metavar="'NAME: VALUE'", help="request header (repeatable)"
     )
+    g.add_argument(
+        "--header-file",
+        metavar="FILE",
+        help="headers sent in turn, one 'NAME: VALUE' per line: request k carries line k mod N",
+    )
     body = g.add_mutually_exclusive_group()
     body.add_argument("--body", help="request body")
     body.add_argument("--body-file", metavar="FILE", help="request body from a file")
@@ -195,7 +200,16 @@ def run(args: argparse.Namespace) -> int:
                 body = Path(args.body_file).read_bytes()
             except OSError as e:
                 return _fail(f"--body-file {args.body_file}: {e.strerror or e}")
-        target = build_target(args.url, args.method, args.header, body)
+        rotating: list[str] | None = None
+        if args.header_file is not None:
+            try:
+                text = Path(args.header_file).read_text(encoding="ascii")
+            except OSError as e:
+                return _fail(f"--header-file {args.header_file}: {e.strerror or e}")
+            except UnicodeDecodeError:
+                return _fail(f"--header-file {args.header_file}: must be ASCII")
+            rotating = [line for line in text.splitlines() if line.strip()]
+        target = build_target(args.url, args.method, args.header, body, rotating)
     except (ScheduleError, TargetError) as e:
         return _fail(str(e))
     for flag, path in (("--report", args.report), ("--plot", args.plot)):

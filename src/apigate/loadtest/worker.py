@@ -146,7 +146,10 @@ class Worker:
         self.target = spec.target
         self.chan = chan
         self.loop = asyncio.get_running_loop()
-        self.request = spec.target.request
+        # request k of the schedule carries requests[k mod n]; this worker sends k = index, index + workers...
+        self.requests = spec.target.requests
+        self.turn = spec.index % len(self.requests)
+        self.turn_step = spec.workers % len(self.requests)
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if spec.target.tls else None
         self.max_conns = spec.connections
         self.timeout = spec.timeout
@@ -266,7 +269,10 @@ class Worker:
         self._open_more()
 
     def _send(self, conn: Conn, due: float) -> None:
-        conn.send(due, self.request)
+        conn.send(due, self.requests[self.turn])
+        self.turn += self.turn_step
+        if self.turn >= len(self.requests):
+            self.turn -= len(self.requests)
         f = self.final
         f.sent += 1
         f.last_send = conn.sent - self.t0
