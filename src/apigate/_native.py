@@ -53,6 +53,8 @@ HOT_MODULES = (
     "apigate.redis.resp",
     "apigate.telemetry.filter",
     "apigate.logs.pipeline",
+    "apigate.logs.record",
+    "apigate.logs.sampling",
 )
 GROUP = "apigate_native"  # mypyc's shared runtime library: `apigate_native__mypyc*.so` in src/
 

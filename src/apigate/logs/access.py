@@ -34,6 +34,12 @@ AccessSnapshot = tuple[
 ]  # fmt: skip
 
 
+def _ms(seconds: float) -> float:
+    """Milliseconds to the microsecond. (round(x, 3) goes through a decimal string: a third
+    of this event's cost in float formatting, callgrind says.)"""
+    return int(seconds * 1_000_000 + 0.5) / 1000
+
+
 def access_record(snap: AccessSnapshot, wall_offset: float, pipeline: Encoder) -> Record:
     """The §1.4 access event from `on_complete`'s snapshot, redacted and encoded.
 
@@ -76,10 +82,10 @@ def access_record(snap: AccessSnapshot, wall_offset: float, pipeline: Encoder) -
         "user_agent": ua,
         "request_size": clen or 0,
         "status": status,
-        "duration_ms": round((now - start) * 1000, 3),
+        "duration_ms": _ms(now - start),
         "route_id": route_id,
         "upstream_id": upstream_id,
-        "upstream_duration_ms": round(up * 1000, 3) if up is not None else None,
+        "upstream_duration_ms": _ms(up) if up is not None else None,
         "response_size": size,
         "event_id": eid,
     }
