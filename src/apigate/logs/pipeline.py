@@ -27,7 +27,7 @@ import orjson
 from apigate.config.schema import LoggingConfig, SinkConfig
 from apigate.http import clock
 from apigate.logs import names
-from apigate.logs.access import AccessSnapshot, access_record
+from apigate.logs.access import AccessSnapshot, access_event
 from apigate.logs.record import LEVELS, Record, rfc3339
 from apigate.logs.redact import redact
 from apigate.logs.sinks.base import Sink
@@ -203,6 +203,12 @@ class Pipeline:
             data = orjson.dumps({k: str(v) for k, v in ev.items()})
         return Record(eid, ts, level, data, text_line(ev) if self.text else None)
 
+    def access_record(self, snap: AccessSnapshot, wall_offset: float) -> Record:
+        """An access snapshot as its encoded event (logs/access.py builds the event)."""
+        eid = self.next_id()
+        ev = access_event(snap, wall_offset, self.redaction, eid)
+        return self.encode(eid, snap[1] + wall_offset, snap[3], ev)
+
     def pump(self) -> int:
         """Move what the intake holds to the sinks; returns how many events were taken."""
         q = self.intake
@@ -215,7 +221,7 @@ class Pipeline:
             early = False
             try:
                 if type(item) is tuple:
-                    rec: Record | None = access_record(item, wall_offset, self)
+                    rec: Record | None = self.access_record(item, wall_offset)
                 else:
                     early = item.pop("_early", False)  # type: ignore[union-attr]  # already on stdout
                     rec = self.process(item)  # type: ignore[arg-type]
