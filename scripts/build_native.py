@@ -24,6 +24,13 @@ def main() -> int:
     import _native  # type: ignore[import-not-found]
 
     force = "--force" in sys.argv
+    # An extension left from a module no longer in the list would still shadow its source.
+    hot = {str(Path(*m.split("."))) for m in _native.HOT_MODULES}
+    for ext in (SRC / "apigate").rglob("*.so"):
+        module = str(ext.relative_to(SRC).parent / ext.name.split(".", 1)[0])
+        if module not in hot:
+            print(f"removing {ext.relative_to(ROOT)}: no longer compiled", file=sys.stderr)
+            ext.unlink()
     if not force and not _native.stale_modules():
         return 0
     paths = [str(Path(*m.split(".")).with_suffix(".py")) for m in _native.HOT_MODULES]

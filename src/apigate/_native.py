@@ -42,6 +42,19 @@ HOT_MODULES = (
     "apigate.iprules.filter",
     "apigate.cors.filter",
     "apigate.transforms.filter",
+    # The full stack's filters (issue 18): cached JWT, the rate limiter and its Redis client,
+    # metrics, and the log pipeline's intake and pump.
+    "apigate.auth.filter",
+    "apigate.auth.cache",
+    "apigate.ratelimit.filter",
+    "apigate.ratelimit.keys",
+    "apigate.ratelimit.redis",
+    "apigate.redis.client",
+    "apigate.redis.resp",
+    "apigate.telemetry.filter",
+    "apigate.logs.pipeline",
+    "apigate.logs.record",
+    "apigate.logs.sampling",
 )
 GROUP = "apigate_native"  # mypyc's shared runtime library: `apigate_native__mypyc*.so` in src/
 

@@ -88,14 +88,13 @@ def test_redact_text_leaves_plain_text() -> None:
 def test_access_event_fast_path_matches_the_full_walk() -> None:
     import orjson
 
-    from apigate.logs.access import access_record
     from apigate.logs.pipeline import Pipeline
 
     headers = [(b"host", b"x"), (b"user-agent", b"curl Bearer abcdefgh")]
     query = b"?token=t&email=ann@example.com&page=1"
     snap = ("api-gateway", 10.5, 10.25, 20, 200, "id-1", "GET", "/a", query, "127.0.0.1",
             headers, 5, "r", "up", 0.125, 52, "bob@example.org", None)  # fmt: skip
-    ev = orjson.loads(access_record(snap, 1700000000.0, Pipeline()).json)
+    ev = orjson.loads(Pipeline().access_record(snap, 1700000000.0).json)
     assert ev["path"] == "/a?token=[REDACTED]&email=a***@example.com&page=1"
     assert ev["user_agent"] == "curl Bearer abcd****" and ev["user"] == "b***@example.org"
     assert ev["duration_ms"] == 250.0 and ev["upstream_duration_ms"] == 125.0 and ev["request_size"] == 5

@@ -5,32 +5,42 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
+from cycles import request_context
 
+from apigate.config.schema import RouteConfig
+from apigate.gateway.filters import RequestContext
+from apigate.gateway.router import Router
 from apigate.telemetry import metrics
 from apigate.telemetry.filter import UNMATCHED, MetricsFilter
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "OBSERVABILITY.md"
 
 
-def ctx(**kw: Any) -> Any:
-    base: dict[str, Any] = {
-        "route": SimpleNamespace(id="users"),
-        "method": "GET",
+# The route every request of these tests matched (a real one: the filter is compiled).
+_USERS = Router(
+    [RouteConfig.model_validate({"id": "users", "path": "/users/*", "upstream_id": "user-service"})]
+).match("GET", "/users/1")[0]  # type: ignore[index]
+
+
+def ctx(**kw: Any) -> RequestContext:
+    """A finished request's context: GET /users/1 on route `users`, 200, 4 ms upstream."""
+    c = request_context(kw.pop("path", "/users/1"), start=kw.pop("start", 10.0))
+    values: dict[str, Any] = {
+        "route": _USERS,
         "status": 200,
-        "start": 10.0,
         "upstream_id": "user-service",
         "upstream_duration": 0.004,
         "upstream_failure": None,
         "error": None,
-        "path": "/users/1",
     }
-    base.update(kw)
-    return SimpleNamespace(**base)
+    values.update(kw)
+    for name, value in values.items():
+        setattr(c, name, value)
+    return c
 
 
 def lines(text: bytes) -> list[str]:
@@ -218,16 +228,15 @@ def test_build_info_is_not_summed_over_workers() -> None:
 
 
 def test_collectors_export_rate_limit_and_log_counters() -> None:
+    from apigate.ratelimit.redis import RedisStore
     from apigate.telemetry.runtime import Telemetry
 
-    store = SimpleNamespace(
-        backend_errors={"timeout": 2, "connection": 0},
-        round_trips=4,
-        checks_sent=12,
-        latency_buckets=[1] + [0] * (len(metrics.BACKEND_BUCKETS) - 1),
-        latency_count=3,
-        latency_sum=0.7,
-    )
+    store = RedisStore("redis://127.0.0.1:1/0", 50)  # never started: only its counters are read
+    client = store.client
+    store.backend_errors.update(timeout=2, connection=0)
+    client.round_trips, client.commands_sent = 4, 12
+    client.latency_buckets[:] = [1] + [0] * (len(metrics.BACKEND_BUCKETS) - 1)
+    client.latency_count, client.latency_sum = 3, 0.7
     from apigate.config.schema import Config
     from apigate.ratelimit.filter import RateLimitFilter
 
@@ -241,7 +250,7 @@ def test_collectors_export_rate_limit_and_log_counters() -> None:
         )
     )
     rl.limited = {("users", "ip"): 4}
-    rl.store = store  # type: ignore[assignment]  # what samples() reads of a Redis store
+    rl.store = store
 
     class Logs:
         def samples(self) -> Any:

@@ -111,7 +111,7 @@ class ClaimsCache:
         return len(self.entries)
 
     def __repr__(self) -> str:
-        return f"<ClaimsCache {len(self.entries)}/{self.capacity} ttl={self.ttl}s>"
+        return f"<ClaimsCache {len(self.entries)}/{self.capacity} ttl={self.ttl:g}s>"
 
     def get(self, token: bytes, now: float) -> Verified | None:
         entry = self.entries.get(token)

@@ -49,7 +49,7 @@ class AccessLogFilter(Filter):
         if pipeline is None:
             return
         # The request path only takes a snapshot of the values (a tuple); the pump turns
-        # it into the event (`access_record`) a few milliseconds later, off the request.
+        # it into the event (`access_event`) a few milliseconds later, off the request.
         cycle = ctx.cycle
         route = ctx.route
         rl = cycle.response_length
