@@ -77,6 +77,13 @@ class RequestContext:
     # on the way in (header transforms); None on nearly every request.
     drop_response_fields: set[bytes] | None = None
     drop_response_mask = 0  # headers.length_mask of those names: most fields are ruled out by length
+    # Fields a filter adds already serialized (`name: value\r\n` each, lowercase names),
+    # spliced into the upstream request head and the response head as one piece each: a
+    # route's constant fields are serialized once (CORS, header transforms). Only on routes
+    # without plugins: a plugin may read or edit what the gateway adds, so there the same
+    # fields come as pairs (`cycle.headers`, `response_headers`, on_response's `headers`).
+    request_fields = b""
+    response_fields = b""
     completed = False
     trace_spans: tuple[Any, Any] | None = None  # (server span, client span) when tracing
     chain: FilterChain  # the route's chain, or the one for requests that matched no route

@@ -93,6 +93,8 @@ def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: b
         out.append(b": ")
         out.append(value)
         out.append(b"\r\n")
+    if ctx.request_fields:
+        out.append(ctx.request_fields)  # a filter's fields, serialized (header transforms)
     proto = cycle.proto
     client = proto.client_ip_b
     out.append(b"x-request-id: ")
@@ -219,6 +221,8 @@ class Exchange(ResponseSink):
             lines.append(b": ")
             lines.append(value)
             lines.append(b"\r\n")
+        if ctx.response_fields:
+            lines.append(ctx.response_fields)  # CORS, header transforms: serialized already
         cycle = self.cycle
         ctx.status = status
         cycle.start_response_lines(status, lines, length)
