@@ -84,6 +84,10 @@ class RequestContext:
     # fields come as pairs (`cycle.headers`, `response_headers`, on_response's `headers`).
     request_fields = b""
     response_fields = b""
+    # The client's request fields not forwarded: None for proxy.SKIP_REQUEST; with it, the
+    # ones a header transform sets or removes (dropped while the head is built, not from
+    # `cycle.headers`).
+    skip_request_fields: frozenset[bytes] | None = None
     completed = False
     trace_spans: tuple[Any, Any] | None = None  # (server span, client span) when tracing
     chain: FilterChain  # the route's chain, or the one for requests that matched no route

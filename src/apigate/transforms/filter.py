@@ -16,15 +16,49 @@ chains of routes that configure transforms: other routes pay nothing for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from apigate.config.schema import TRANSFORM_TOKEN, Config, HeaderTransformConfig
 from apigate.gateway.clientip import ClientIp
 from apigate.gateway.filters import Filter, RequestContext, RequestOutcome
+from apigate.gateway.proxy import SKIP_REQUEST
 from apigate.gateway.router import Route
 from apigate.http.headers import Headers, decode_fields, length_mask
 
-Variable = Callable[[RequestContext], bytes]  # a per-request value ($client_ip, ...)
+
+class Variable:
+    """A per-request value of a template (`$client_ip`, `$request_id`, `$user`); a class,
+    not a function, so that the compiled build calls it directly."""
+
+    def value(self, ctx: RequestContext) -> bytes:
+        raise NotImplementedError
+
+
+class PeerIp(Variable):
+    """`$client_ip` without trusted proxies: the socket peer, as the listener encoded it."""
+
+    def value(self, ctx: RequestContext) -> bytes:
+        return ctx.cycle.proto.client_ip_b
+
+
+class ResolvedIp(Variable):
+    """`$client_ip` behind trusted proxies."""
+
+    def __init__(self, client_ip: ClientIp) -> None:
+        self.client_ip = client_ip
+
+    def value(self, ctx: RequestContext) -> bytes:
+        return self.client_ip.resolve(ctx.client_ip, ctx.cycle.headers).encode("latin-1")
+
+
+class RequestId(Variable):
+    def value(self, ctx: RequestContext) -> bytes:
+        return ctx.request_id_b
+
+
+class User(Variable):
+    def value(self, ctx: RequestContext) -> bytes:
+        return ctx.user.encode("latin-1", "replace") if ctx.user is not None else b""
+
+
 Part = bytes | Variable  # a literal, or a per-request variable
 
 
@@ -49,11 +83,15 @@ class Template:
     variable) and `steps` (each variable and the literal after it): adjacent literals (a
     per-route variable is one) are joined once, here."""
 
-    __slots__ = ("head", "steps")
+    __slots__ = ("head", "last_rendered", "last_value", "steps")
 
     def __init__(self, parts: list[Part]) -> None:
         self.head = b""
         self.steps: list[tuple[Variable, bytes]] = []
+        # With one variable: its previous value and the bytes rendered with it (the
+        # requests of a connection share their $client_ip, a user's their $user).
+        self.last_value: bytes | None = None
+        self.last_rendered = b""
         for part in parts:
             if not isinstance(part, bytes):
                 self.steps.append((part, b""))
@@ -67,12 +105,16 @@ class Template:
         steps = self.steps
         if not steps:
             return self.head  # no per-request variable: the same bytes every time
-        if len(steps) == 1:  # the usual per-request value: two concatenations, no list
+        if len(steps) == 1:  # the usual case
             variable, tail = steps[0]
-            return self.head + variable(ctx) + tail
+            value = variable.value(ctx)
+            if value != self.last_value:
+                self.last_value = value
+                self.last_rendered = self.head + value + tail
+            return self.last_rendered
         out = [self.head]
         for variable, literal in steps:
-            out.append(variable(ctx))
+            out.append(variable.value(ctx))
             out.append(literal)
         return b"".join(out)
 
@@ -84,14 +126,17 @@ class Transform:
     per-request value is one more piece (`prefix`, value, CRLF + whatever follows).
 
     `serialized`: the route takes the lines as one piece (`ctx.request_fields`,
-    `ctx.response_fields`); on a route with plugins, which may read or edit what the
-    gateway adds, they are (name, value) pairs as before."""
+    `ctx.response_fields`) and, on the way in, the client's fields named by `set` and
+    `remove` are left out of the upstream head as it is built (`ctx.skip_request_fields`).
+    On a route with plugins, which may read or edit what the gateway adds, they are
+    (name, value) pairs as before, and the client's fields are dropped from the list."""
 
-    __slots__ = ("drop", "lines", "mask", "serialized")
+    __slots__ = ("drop", "lines", "mask", "serialized", "skip_request")
 
     def __init__(self, cfg: HeaderTransformConfig, variables: dict[str, Part], serialized: bool) -> None:
         self.drop = {n.lower().encode("latin-1") for n in (*cfg.set, *cfg.remove)}
         self.mask = length_mask(frozenset(self.drop))
+        self.skip_request: frozenset[bytes] | None = SKIP_REQUEST | self.drop if self.drop else None
         parts: list[Part] = []
         for name, value in (*cfg.set.items(), *cfg.add.items()):
             parts.append(name.lower().encode("latin-1") + b": ")
@@ -126,52 +171,55 @@ class HeaderTransformFilter(Filter):
                 continue
             serialized = not cfg.has_plugins(route)
             variables: dict[str, Part] = {
-                "client_ip": self._client_ip if cfg.server.trusted_proxies else _peer_ip,
-                "request_id": _request_id,
+                "client_ip": ResolvedIp(self.client_ip) if cfg.server.trusted_proxies else PeerIp(),
+                "request_id": RequestId(),
                 "route_id": route.id.encode("latin-1"),  # fixed per route: rendered once
-                "user": _user,
+                "user": User(),
             }
             request = response = None
             if route.request_headers:
-                # The access log reads User-Agent from `cycle.headers`: one set here stays a pair.
-                keeps_pairs = "user-agent" in {n.lower() for n in route.request_headers.set}
-                request = Transform(route.request_headers, variables, serialized and not keeps_pairs)
+                # The access log reads User-Agent from `cycle.headers`: a route that sets or
+                # removes it changes the list itself.
+                edited = {n.lower() for n in (*route.request_headers.set, *route.request_headers.remove)}
+                as_pairs = "user-agent" in edited
+                request = Transform(route.request_headers, variables, serialized and not as_pairs)
             if route.response_headers:
                 response = Transform(route.response_headers, variables, serialized)
             self.routes.append((request, response))
 
-    def _client_ip(self, ctx: RequestContext) -> bytes:
-        return self.client_ip.resolve(ctx.client_ip, ctx.cycle.headers).encode("latin-1")
-
     def applies_to(self, route: Route | None) -> bool:
         return route is not None and self.routes[route.index] is not None
 
-    def _transforms(self, ctx: RequestContext) -> tuple[Transform | None, Transform | None]:
-        route = ctx.route
-        assert route is not None  # applies_to: always a route
-        transforms = self.routes[route.index]
-        assert transforms is not None  # applies_to: a route with transforms
-        return transforms
-
     def on_request(self, ctx: RequestContext) -> RequestOutcome:
-        request, response = self._transforms(ctx)
+        route = ctx.route
+        assert route is not None  # applies_to: a route, one with transforms
+        transforms = self.routes[route.index]
+        assert transforms is not None
+        request, response = transforms
         if response is not None and response.drop:
             drop = ctx.drop_response_fields  # the upstream's own copies go too
             ctx.drop_response_fields = response.drop if drop is None else drop | response.drop
             ctx.drop_response_mask |= response.mask
         if request is not None:
-            cycle = ctx.cycle
-            headers = request.kept(cycle.headers)  # the listener's list: this request's own
             lines = request.lines.render(ctx)
             if request.serialized:
+                if request.skip_request is not None:
+                    ctx.skip_request_fields = request.skip_request
                 ctx.request_fields = ctx.request_fields + lines if ctx.request_fields else lines
-            elif lines:
-                headers.extend(decode_fields(lines))
-            cycle.headers = headers
+            else:
+                cycle = ctx.cycle
+                headers = request.kept(cycle.headers)  # the listener's list: this request's own
+                if lines:
+                    headers.extend(decode_fields(lines))
+                cycle.headers = headers
         return None
 
     def on_response(self, ctx: RequestContext, status: int, headers: Headers) -> None:
-        response = self._transforms(ctx)[1]
+        route = ctx.route
+        assert route is not None
+        transforms = self.routes[route.index]
+        assert transforms is not None
+        response = transforms[1]
         if response is not None:
             # `headers` is what the gateway adds (and, on a local reply, all of them).
             kept = response.kept(headers)
@@ -182,16 +230,3 @@ class HeaderTransformFilter(Filter):
                 ctx.response_fields = ctx.response_fields + lines if ctx.response_fields else lines
             elif lines:
                 headers.extend(decode_fields(lines))
-
-
-def _request_id(ctx: RequestContext) -> bytes:
-    return ctx.request_id_b
-
-
-def _user(ctx: RequestContext) -> bytes:
-    return ctx.user.encode("latin-1", "replace") if ctx.user is not None else b""
-
-
-def _peer_ip(ctx: RequestContext) -> bytes:
-    """`$client_ip` without trusted proxies: the socket peer, as the listener encoded it."""
-    return ctx.cycle.proto.client_ip_b
