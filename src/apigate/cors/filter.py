@@ -200,7 +200,8 @@ class CorsFilter(Filter):
         allowed = policy.actual(origin) if origin is not None else None
         if policy.serialized:
             wire = _VARY_ONLY_WIRE if allowed is None else allowed.wire
-            ctx.response_fields = ctx.response_fields + wire if ctx.response_fields else wire
+            before = ctx.response_fields
+            ctx.response_fields = wire if before is None else before + wire
             return None
         fields = _VARY_ONLY if allowed is None else allowed.fields
         if ctx.response_headers:

@@ -310,7 +310,7 @@ class App:
             if ctx.response_headers:
                 headers.extend(ctx.response_headers)
             ctx.chain.run_response(ctx, reply.status, headers)
-            if ctx.response_fields:
+            if ctx.response_fields is not None:
                 headers.extend(decode_fields(ctx.response_fields))
             ctx.status = reply.status
             ctx.error = reply.error

@@ -96,7 +96,7 @@ def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: b
         out.append(b": ")
         out.append(value)
         out.append(b"\r\n")
-    if ctx.request_fields:
+    if ctx.request_fields is not None:
         out.append(ctx.request_fields)  # a filter's fields, serialized (header transforms)
     proto = cycle.proto
     client = proto.client_ip_b
@@ -224,7 +224,7 @@ class Exchange(ResponseSink):
             lines.append(b": ")
             lines.append(value)
             lines.append(b"\r\n")
-        if ctx.response_fields:
+        if ctx.response_fields is not None:
             lines.append(ctx.response_fields)  # CORS, header transforms: serialized already
         cycle = self.cycle
         ctx.status = status

@@ -299,7 +299,7 @@ class Tunnel:
         out: Headers = [(n, v) for n, v in headers if n.lower() not in _SKIP_RESPONSE]
         out.extend(ctx.response_headers)
         ctx.chain.run_response(ctx, status, out)
-        if ctx.response_fields:
+        if ctx.response_fields is not None:
             out.extend(decode_fields(ctx.response_fields))
         ctx.status = status
         self.cycle.handler_deadline = 0.0
@@ -332,7 +332,7 @@ class Tunnel:
         out: Headers = [(n, v) for n, v in headers if n.lower() != CONTENT_LENGTH]
         out.extend(ctx.response_headers)
         ctx.chain.run_response(ctx, 101, out)
-        if ctx.response_fields:
+        if ctx.response_fields is not None:
             out.extend(decode_fields(ctx.response_fields))
         ctx.status = 101
         lines: list[bytes] = []

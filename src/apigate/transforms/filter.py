@@ -205,7 +205,8 @@ class HeaderTransformFilter(Filter):
             if request.serialized:
                 if request.skip_request is not None:
                     ctx.skip_request_fields = request.skip_request
-                ctx.request_fields = ctx.request_fields + lines if ctx.request_fields else lines
+                fields = ctx.request_fields
+                ctx.request_fields = lines if fields is None else fields + lines
             else:
                 cycle = ctx.cycle
                 headers = request.kept(cycle.headers)  # the listener's list: this request's own
@@ -227,6 +228,7 @@ class HeaderTransformFilter(Filter):
                 headers[:] = kept
             lines = response.lines.render(ctx)
             if response.serialized:
-                ctx.response_fields = ctx.response_fields + lines if ctx.response_fields else lines
+                fields = ctx.response_fields
+                ctx.response_fields = lines if fields is None else fields + lines
             elif lines:
                 headers.extend(decode_fields(lines))
