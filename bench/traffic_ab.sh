@@ -32,7 +32,9 @@ if [ "${1:-}" = --callgrind ]; then
   declare -A IR
   for v in base cors iprules transforms plugin; do
     for n in 1000 3000; do
-      CALLGRIND_CONFIG=bench/traffic/$v.yaml CALLGRIND_HEADER="Origin: http://app.example.test" \
+      # A fixed hash seed: with a random one, str and bytes hashes, and so dict and set probe
+      # lengths, change from run to run (±500 instructions/request between repeated runs).
+      PYTHONHASHSEED=${PYTHONHASHSEED:-0} CALLGRIND_CONFIG=bench/traffic/$v.yaml CALLGRIND_HEADER="Origin: http://app.example.test" \
         valgrind --tool=callgrind --callgrind-out-file=/tmp/apigate-cg.$v.$n .venv/bin/python bench/callgrind_driver.py $n \
         2>&1 | grep -o 'Collected : [0-9]*' | awk '{print $3}' >/tmp/apigate-cg.$v.$n.total
     done

@@ -81,3 +81,45 @@ def test_cors_origins_are_origins_star_or_a_regex() -> None:
     assert "'https://a.test/path' is not an origin" in error
     (error,) = errors_of("    cors: {allow_origins: ['~([']}\n")
     assert "'~([' is not a regular expression" in error
+
+
+def test_ip_rules_remember_the_last_address_without_mixing_addresses_up() -> None:
+    from apigate.gateway.clientip import parse_networks
+    from apigate.iprules.filter import DENIED, Rules
+
+    rules = Rules(parse_networks(["10.0.0.0/8"]), parse_networks(["10.9.0.0/16"]))
+    answers = [rules.decide(a) for a in ("10.9.1.1", "10.9.1.1", "10.1.1.1", "10.1.1.1", "10.9.1.1")]
+    assert answers == [DENIED, DENIED, None, None, DENIED]
+
+
+def test_serialized_fields_read_back_as_the_pairs_they_were() -> None:
+    from apigate.http.headers import decode_fields, encode_headers
+
+    pairs = [(b"access-control-allow-origin", b"http://a.test"), (b"vary", b"Origin"), (b"x-empty", b"")]
+    assert decode_fields(encode_headers(pairs)) == pairs
+    assert decode_fields(b"") == []
+
+
+def test_fields_go_as_pairs_only_where_something_may_read_or_edit_them() -> None:
+    from apigate.cors.filter import serializable
+    from apigate.transforms.filter import HeaderTransformFilter
+
+    cfg = load_config_text(
+        textwrap.dedent(
+            """\
+            upstreams: [{id: u, base_url: "http://127.0.0.1:9"}]
+            plugins: [{name: p, module: "noop_plugin:Noop", path: bench}]
+            cors: {allow_origins: ["*"]}
+            routes:
+              - {id: plain, path: /a, upstream_id: u, request_headers: {add: {X-A: a}}}
+              - {id: vary, path: /b, upstream_id: u, response_headers: {set: {Vary: Accept}}}
+              - {id: agent, path: /c, upstream_id: u, request_headers: {set: {User-Agent: gw}}}
+              - {id: plugged, path: /d, upstream_id: u, plugins: [p], request_headers: {add: {X-A: a}}}
+            """
+        ),
+        "gw.yaml",
+    )
+    assert [serializable(cfg, r) for r in cfg.routes] == [True, False, True, False]
+    transforms = HeaderTransformFilter(cfg).routes
+    serialized = [t[0].serialized if t is not None and t[0] is not None else None for t in transforms]
+    assert serialized == [True, None, False, False]

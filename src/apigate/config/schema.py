@@ -813,6 +813,11 @@ class Config(Section):
         description="Client addresses/CIDRs refused on every route; deny wins over allow.",
     )
 
+    def has_plugins(self, route: RouteConfig) -> bool:
+        """Whether any plugin may run on `route`: those it lists, and those no route lists."""
+        listed = {name for r in self.routes for name in r.plugins}
+        return any(p.name in route.plugins or p.name not in listed for p in self.plugins)
+
 
 def config_hash(cfg: Config) -> str:
     """A configuration's fingerprint: the first 16 hex digits of the SHA-256 of the parsed

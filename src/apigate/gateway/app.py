@@ -25,6 +25,7 @@ from apigate.gateway.router import Match, NoMatch, Route, Router
 from apigate.gateway.tunnel import Tunnels, refuse, wants_websocket
 from apigate.http.client import ConnectFailed, ConnectionReset, ConnectTimeout, UpstreamError, UpstreamPool
 from apigate.http.errors import error_body, error_headers, json_headers
+from apigate.http.headers import decode_fields
 from apigate.logs import events
 
 if TYPE_CHECKING:
@@ -309,6 +310,8 @@ class App:
             if ctx.response_headers:
                 headers.extend(ctx.response_headers)
             ctx.chain.run_response(ctx, reply.status, headers)
+            if ctx.response_fields is not None:
+                headers.extend(decode_fields(ctx.response_fields))
             ctx.status = reply.status
             ctx.error = reply.error
             cycle.send_response(reply.status, headers, reply.body)

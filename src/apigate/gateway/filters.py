@@ -77,6 +77,18 @@ class RequestContext:
     # on the way in (header transforms); None on nearly every request.
     drop_response_fields: set[bytes] | None = None
     drop_response_mask = 0  # headers.length_mask of those names: most fields are ruled out by length
+    # Fields a filter adds already serialized (`name: value\r\n` each, lowercase names),
+    # spliced into the upstream request head and the response head as one piece each: a
+    # route's constant fields are serialized once (CORS, header transforms). Only on routes
+    # without plugins: a plugin may read or edit what the gateway adds, so there the same
+    # fields come as pairs (`cycle.headers`, `response_headers`, on_response's `headers`).
+    # None when there are none (an `is None` test costs nothing on the other routes).
+    request_fields: bytes | None = None
+    response_fields: bytes | None = None
+    # The client's request fields not forwarded: None for proxy.SKIP_REQUEST; with it, the
+    # ones a header transform sets or removes (dropped while the head is built, not from
+    # `cycle.headers`).
+    skip_request_fields: frozenset[bytes] | None = None
     completed = False
     trace_spans: tuple[Any, Any] | None = None  # (server span, client span) when tracing
     chain: FilterChain  # the route's chain, or the one for requests that matched no route

@@ -51,7 +51,9 @@ if TYPE_CHECKING:
 
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 REPLAY_MAX_BYTES: Final = 64 * 1024  # request bodies up to this size are kept for one retry
-_SKIP_REQUEST: Final = HOP_BY_HOP | GATEWAY_SET_REQUEST | {CONTENT_LENGTH, EXPECT, X_FORWARDED_FOR, X_USER_ID}
+# The client's fields never forwarded as sent (header transforms add the ones a route
+# sets or removes: RequestContext.skip_request_fields).
+SKIP_REQUEST: Final = HOP_BY_HOP | GATEWAY_SET_REQUEST | {CONTENT_LENGTH, EXPECT, X_FORWARDED_FOR, X_USER_ID}
 _PROTO_HTTP: Final = b"\r\nx-forwarded-proto: http\r\n"
 _PROTO_HTTPS: Final = b"\r\nx-forwarded-proto: https\r\n"
 _now: Final = clock.now  # a C static: the module attribute would be looked up per call
@@ -72,8 +74,9 @@ def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: b
     ]
     xff: bytes | None = None
     host = b""
+    skip = SKIP_REQUEST if ctx.skip_request_fields is None else ctx.skip_request_fields
     for name, value in headers:
-        if name in _SKIP_REQUEST:
+        if name in skip:
             if name == X_FORWARDED_FOR:
                 xff = value if xff is None else xff + b", " + value
             elif name == HOST:
@@ -93,6 +96,8 @@ def build_request_head(ctx: RequestContext, pool: UpstreamPool, upstream_path: b
         out.append(b": ")
         out.append(value)
         out.append(b"\r\n")
+    if ctx.request_fields is not None:
+        out.append(ctx.request_fields)  # a filter's fields, serialized (header transforms)
     proto = cycle.proto
     client = proto.client_ip_b
     out.append(b"x-request-id: ")
@@ -219,6 +224,8 @@ class Exchange(ResponseSink):
             lines.append(b": ")
             lines.append(value)
             lines.append(b"\r\n")
+        if ctx.response_fields is not None:
+            lines.append(ctx.response_fields)  # CORS, header transforms: serialized already
         cycle = self.cycle
         ctx.status = status
         cycle.start_response_lines(status, lines, length)

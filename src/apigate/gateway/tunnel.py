@@ -40,7 +40,7 @@ from apigate.gateway.router import Route
 from apigate.http import clock
 from apigate.http.client import UpstreamPool
 from apigate.http.errors import error_body, error_headers
-from apigate.http.headers import CONTENT_LENGTH, HOP_BY_HOP, Headers
+from apigate.http.headers import CONTENT_LENGTH, HOP_BY_HOP, Headers, decode_fields
 from apigate.telemetry.names import WEBSOCKET_CONNECTIONS_ACTIVE, WEBSOCKET_CONNECTIONS_TOTAL
 
 if TYPE_CHECKING:
@@ -299,6 +299,8 @@ class Tunnel:
         out: Headers = [(n, v) for n, v in headers if n.lower() not in _SKIP_RESPONSE]
         out.extend(ctx.response_headers)
         ctx.chain.run_response(ctx, status, out)
+        if ctx.response_fields is not None:
+            out.extend(decode_fields(ctx.response_fields))
         ctx.status = status
         self.cycle.handler_deadline = 0.0
         self.cycle.start_response(status, out, length)
@@ -330,6 +332,8 @@ class Tunnel:
         out: Headers = [(n, v) for n, v in headers if n.lower() != CONTENT_LENGTH]
         out.extend(ctx.response_headers)
         ctx.chain.run_response(ctx, 101, out)
+        if ctx.response_fields is not None:
+            out.extend(decode_fields(ctx.response_fields))
         ctx.status = 101
         lines: list[bytes] = []
         for name, value in out:

@@ -219,3 +219,14 @@ def is_sane_request_id(value: bytes) -> bool:
 def encode_headers(headers: Headers) -> bytes:
     """Serialise a header block (without the terminating empty line)."""
     return b"".join([b"%s: %s\r\n" % (n, v) for n, v in headers])
+
+
+def decode_fields(block: bytes) -> Headers:
+    """`encode_headers` backwards: the (name, value) pairs of a serialized block, for the
+    rare answer that is built from pairs (a local reply, a WebSocket handshake)."""
+    out: Headers = []
+    for line in block.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b": ")
+            out.append((name, value))
+    return out

@@ -35,15 +35,27 @@ _CACHE_MAX = 4096  # decisions kept per rule set; cleared when full
 class Rules:
     """One route's effective rules and a cache of decisions by address."""
 
-    __slots__ = ("allow", "cache", "deny")
+    __slots__ = ("allow", "cache", "deny", "last_client", "last_reason")
 
     def __init__(self, allow: tuple[IpNetwork, ...], deny: tuple[IpNetwork, ...]) -> None:
         self.allow = allow
         self.deny = deny
         self.cache: dict[str, str | None] = {}
+        # The previous request's address and decision: the requests of a keep-alive
+        # connection skip hashing the address.
+        self.last_client: str | None = None
+        self.last_reason: str | None = None
 
     def decide(self, client: str) -> str | None:
         """None to admit, else the reason for refusing."""
+        if client == self.last_client:
+            return self.last_reason
+        reason = self._cached(client)
+        self.last_client = client
+        self.last_reason = reason
+        return reason
+
+    def _cached(self, client: str) -> str | None:
         try:
             return self.cache[client]
         except KeyError:
@@ -78,11 +90,8 @@ class IpRulesFilter(Filter):
 
     def __init__(self, cfg: Config) -> None:
         self.client_ip = ClientIp(cfg.server.trusted_proxies)
-        self.rules: dict[str, Rules] = {}
-        for route in cfg.routes:
-            rules = self._rules_for(cfg, route)
-            if rules is not None:
-                self.rules[route.id] = rules
+        # By Route.index (the route's place in cfg.routes): None where no rule applies.
+        self.rules: list[Rules | None] = [self._rules_for(cfg, route) for route in cfg.routes]
         self.denied: dict[tuple[str, str], int] = {}
 
     @staticmethod
@@ -94,13 +103,15 @@ class IpRulesFilter(Filter):
         return Rules(parse_networks(allow), parse_networks(deny))
 
     def applies_to(self, route: Route | None) -> bool:
-        return route is not None and route.id in self.rules
+        return route is not None and self.rules[route.index] is not None
 
     def on_request(self, ctx: RequestContext) -> RequestOutcome:
         route = ctx.route
         assert route is not None  # applies_to: always a route
         client = self.client_ip.resolve(ctx.client_ip, ctx.cycle.headers)
-        reason = self.rules[route.id].decide(client)
+        rules = self.rules[route.index]
+        assert rules is not None  # applies_to
+        reason = rules.decide(client)
         if reason is None:
             return None
         key = (route.id, reason)
