@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import re
 import time
 from pathlib import Path
@@ -63,6 +64,32 @@ def test_events_are_redacted_encoded_and_levelled() -> None:
         first = orjson.loads(info.records[0].json)
         assert first["path"] == "/a?token=[REDACTED]" and first["event_id"] == info.got[0]
         assert orjson.loads(error.records[0].json)["event_type"] == "sink_down"
+
+    asyncio.run(scenario())
+
+
+def test_a_burst_is_pumped_in_slices_between_requests_and_nothing_is_lost() -> None:
+    """A burst of events must not hold the loop for the whole burst (the requests waiting
+    meanwhile would carry that stall in their latency), nor outgrow the intake."""
+    from apigate.logs.pipeline import PUMP_SLICE
+
+    async def scenario() -> None:
+        sink = MemorySink(20)
+        sink.queue_max = 100_000  # this test is about the intake, not the sink's queue
+        p = Pipeline(sinks=[sink])
+        await p.start()
+        burst = 8 * PUMP_SLICE * 4
+        for i in range(burst):
+            p.submit(p.event("INFO", "gateway", "request_completed", "Request completed", n=i))
+        backlog = [len(p.intake)]
+        while p.intake:
+            await asyncio.sleep(0)  # one turn of the loop: a request would be served here
+            backlog.append(len(p.intake))
+        await p.close(1)
+        taken = [a - b for a, b in itertools.pairwise(backlog) if a != b]
+        assert len(taken) > 3, f"the burst went in {len(taken)} turns"
+        assert max(taken) <= max(PUMP_SLICE, burst // 4)
+        assert p.intake_dropped == 0 and len(sink.got) == burst
 
     asyncio.run(scenario())
 
