@@ -14,7 +14,7 @@ from apigate.auth import reasons
 from apigate.auth.cache import ClaimsCache, verified
 from apigate.auth.filter import AuthFilter
 from apigate.auth.jwt import JwtVerifier
-from apigate.auth.sessions import MemorySessionStore, RedisSessionStore, session_claims
+from apigate.auth.sessions import MemorySessionStore, RedisSessionStore, new_token, session_claims
 from apigate.server import build_filters
 
 
@@ -223,6 +223,14 @@ def session_harness(ttl: float = 300) -> tuple[Harness, MemorySessionStore]:
     store = MemorySessionStore()
     cfg = config({"token_format": "session", "jwt_secret": None, "cache": {"ttl_secs": ttl}})
     return Harness(cfg, store=store), store
+
+
+def test_new_session_tokens_can_be_pasted_on_a_command_line() -> None:
+    # One token_urlsafe in 64 starts with '-', which `apigate session revoke TOKEN` would
+    # take for an option; 2,000 draws would all but surely show one.
+    tokens = [new_token() for _ in range(2000)]
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == 2000 and {len(t) for t in tokens} == {43}
 
 
 def test_memory_sessions_are_checked_synchronously() -> None:

@@ -42,7 +42,11 @@ Lookup = Claims | None | Awaitable[Claims | None]
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(TOKEN_BYTES)
+    """A new session token. Never one starting with '-' (one in 64 would): an operator pastes
+    tokens into `apigate session revoke TOKEN`, where it would read as an option."""
+    while (token := secrets.token_urlsafe(TOKEN_BYTES)).startswith("-"):
+        pass
+    return token
 
 
 def session_claims(sub: str, ttl: float, extra: Claims | None = None, now: float | None = None) -> Claims:
