@@ -215,26 +215,7 @@ done
 
 # ------------------------------------------------------------------ configs
 upstream_conf "$RUN" "$LOGS/nginx-upstream.err" "$UP_PORT" "$BODY" >"$GEN/nginx-upstream.conf"
-cat >"$GEN/nginx-proxy.conf" <<EOF
-# nginx as a plain reverse proxy: 1 worker, upstream keepalive
-worker_processes 1;
-pid $RUN/nginx-proxy.pid;
-error_log $LOGS/nginx-proxy.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $RUN/p_body; proxy_temp_path $RUN/p_proxy; fastcgi_temp_path $RUN/p_fcgi;
-  uwsgi_temp_path $RUN/p_uwsgi; scgi_temp_path $RUN/p_scgi;
-  keepalive_requests 10000000; keepalive_timeout 75s;
-  upstream up { server 127.0.0.1:$UP_PORT; keepalive 128; keepalive_requests 10000000; }
-  proxy_http_version 1.1;
-  proxy_set_header Connection "";
-  server {
-    listen 127.0.0.1:$NGINX_PORT backlog=4096;
-    location $ROUTE { proxy_pass http://up; }
-  }
-}
-EOF
+proxy_conf "$RUN" "$LOGS/nginx-proxy.err" "$NGINX_PORT" "$UP_PORT" "$ROUTE" >"$GEN/nginx-proxy.conf"
 
 # ------------------------------------------------------------------ versions and machine
 {
