@@ -1,7 +1,7 @@
 """The access event (`event_type: request_completed`), written in `on_complete`.
 
 Sampling decides first (sampling.py), so a sampled-out request costs a comparison and a
-random number. A kept one costs building one dict and appending it to the pipeline's
+random number. A kept one costs building one tuple and appending it to the pipeline's
 intake; timestamp formatting, redaction and encoding happen later in the pipeline's pump
 (access.py), never on the request path. Priority 12, like Kong's http-log: it runs after the other
 filters' `on_complete` has recorded what they know.
