@@ -38,6 +38,7 @@ from collections.abc import Callable
 from enum import IntEnum
 
 MAX_UNITS = 2**50  # limit * window_ms must stay below this (Lua doubles are exact to 2**53)
+LEASE_MS = 250  # token-bucket lease epochs (token_bucket_lease): a lease is counted 250-500 ms
 
 
 class Algorithm(IntEnum):
@@ -66,6 +67,9 @@ State = tuple[int, ...]
 #   Outcome: Decision's four fields, then (state to store or None, its ttl_ms).
 Decision = tuple[bool, int, int, int]
 Outcome = tuple[bool, int, int, int, State | None, int]
+#   LeaseOutcome (token bucket): Decision's four fields, then (tokens granted, lease epoch,
+#     ms the lease is counted), then Outcome's last two.
+LeaseOutcome = tuple[bool, int, int, int, int, int, int, State | None, int]
 CheckFn = Callable[[State | None, int, int, int], Outcome]
 
 
@@ -84,23 +88,76 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def token_bucket(state: State | None, now: int, limit: int, window: int) -> Outcome:
-    # (comparisons instead of min/max and inlined ceil-divisions: this runs per request)
+    allowed, remaining, reset, retry, _, _, _, new_state, ttl = token_bucket_lease(state, now, limit, window)
+    return allowed, remaining, reset, retry, new_state, ttl
+
+
+def token_bucket_lease(
+    state: State | None, now: int, limit: int, window: int, want: int = 0, ret_epoch: int = -1, ret: int = 0
+) -> LeaseOutcome:
+    """The token bucket, and its leases (docs/RATE_LIMITING.md, "Leases").
+
+    An instance may take `want` tokens besides the request's own, to spend locally, when the
+    bucket stays at least half full after them; it gives back `ret` unspent tokens of a lease
+    of epoch `ret_epoch`. Leased tokens are counted in `cur` (granted this lease epoch) and
+    `prev` (the epoch before) until the end of the epoch after their own, when they are
+    taken as spent; while counted, they lower the bucket's ceiling, so that the bucket plus
+    every token held anywhere never exceeds the capacity: no instance, with or without
+    leases, ever admits a request an exact token bucket would refuse. The refill is computed
+    under that ceiling as it was at each epoch boundary since the last write (`r1`, `r2`),
+    not as it is now, which would refill past a ceiling that held meanwhile.
+    """
     capacity = limit * window
+    epoch = now // LEASE_MS
     if state is None:
-        level = capacity
+        level, cur, prev = capacity, 0, 0
     else:
-        level, last = state
+        level, last = state[0], state[1]
+        e, cur, prev = (state[2], state[3], state[4]) if len(state) == 5 else (epoch, 0, 0)
+        if e > epoch:  # a clock stepped back: keep counting the leases as of their own epoch
+            epoch = e
         if now > last:
             level += (now - last) * limit
-            if level > capacity:
-                level = capacity
+            r1 = (e + 1) * LEASE_MS  # the first boundary after the last write: prev is released
+            if r1 <= now:
+                level = min(level, capacity - cur - prev + (now - r1) * limit)
+                if r1 + LEASE_MS <= now:  # the second: cur is released too
+                    level = min(level, capacity - cur + (now - r1 - LEASE_MS) * limit)
+        if e == epoch - 1:
+            cur, prev = 0, cur
+        elif e != epoch:
+            cur = prev = 0
+    if ret > 0:  # unspent tokens back, while their epoch still counts them
+        units = ret * window
+        if ret_epoch == epoch:
+            units = min(units, cur)
+            cur -= units
+        elif ret_epoch == epoch - 1:
+            units = min(units, prev)
+            prev -= units
+        else:
+            units = 0
+        level += units
+    level = min(level, capacity - cur - prev)
+    valid = (epoch + 2) * LEASE_MS - now  # how long a lease granted now is counted
     if level >= window:
         level -= window
+        granted = 0
+        if want > 0:
+            spare = (level - capacity // 2) // window
+            if spare > 0:
+                granted = min(want, spare)
+                level -= granted * window
+                cur += granted * window
         reset = -((level - capacity) // limit)  # ceil((capacity - level) / limit)
-        return True, level // window, reset, 0, (level, now), reset
+        ttl = max(reset, valid) if cur or prev else reset
+        return True, level // window, reset, 0, granted, epoch, valid, (level, now, epoch, cur, prev), ttl
     reset = -((level - capacity) // limit)
     retry = -((level - window) // limit)
-    return False, 0, reset, retry, None, 0
+    if ret > 0:  # refused, but the tokens given back are stored
+        ttl = max(reset, valid) if cur or prev else reset
+        return False, 0, reset, retry, 0, epoch, valid, (level, now, epoch, cur, prev), ttl
+    return False, 0, reset, retry, 0, epoch, valid, None, 0
 
 
 def fixed_window(state: State | None, now: int, limit: int, window: int) -> Outcome:
