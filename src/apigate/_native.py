@@ -49,6 +49,7 @@ HOT_MODULES = (
     "apigate.ratelimit.filter",
     "apigate.ratelimit.keys",
     "apigate.ratelimit.redis",
+    "apigate.ratelimit.leases",
     "apigate.redis.client",
     "apigate.redis.resp",
     "apigate.telemetry.filter",

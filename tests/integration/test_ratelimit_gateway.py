@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import httpx
 import pytest
 from auth_fixtures import RedisServer
 from harness import GatewayFactory, RawConn, UpstreamProcess, free_port, wait_until
@@ -101,6 +102,41 @@ def test_gateway_processes_sharing_redis_accept_exactly_the_limit(
     assert counts[429] == 10_000 - limit, counts
     keys = list(rl_redis.client().scan_iter("rl:*"))
     assert len(keys) == 1 and rl_redis.client().pttl(keys[0]) > 0
+
+
+@pytest.mark.slow
+def test_with_leases_gateway_processes_sharing_redis_accept_exactly_the_limit_in_fewer_calls(
+    gateway: GatewayFactory, demo: UpstreamProcess, rl_redis: RedisServer
+) -> None:
+    """`rate_limiting.leases`: most requests spend tokens leased to their process, and still
+    exactly the limit passes across three processes; Redis saw far fewer checks than requests."""
+    limit = 2000
+    rl_redis.client().flushall()
+    rl = {"redis_url": rl_redis.url, "failure_mode": "fail_closed", "timeout_ms": 1000, "leases": True}
+    lim = {"limit": limit, "window_secs": WINDOW_LONG_S, "algorithm": "token_bucket", "key_type": "route"}
+    gws = []
+    for _ in range(3):
+        mport = free_port()
+        obs = {"metrics_enabled": True, "metrics_port": mport, "metrics_bind_address": "127.0.0.1"}
+        gws.append((gateway({"demo": demo.url}, [route(lim)], rate_limiting=rl, observability=obs), mport))
+    _wait_off_boundary(WINDOW_LONG_S)
+
+    def checks() -> float:
+        n = 0.0
+        for _, mport in gws:
+            for line in httpx.get(f"http://127.0.0.1:{mport}/metrics", timeout=10).text.splitlines():
+                if line.startswith("rate_limit_backend_checks_total"):
+                    n += float(line.split()[-1])
+        return n
+
+    # far from the limit (the first half of the bucket): most requests ask Redis nothing
+    first = hammer([g.port for g, _ in gws], "/api/users", limit // 2)
+    assert first[200] == limit // 2, first
+    assert checks() < limit // 2 * 0.5, checks()
+    # then to the limit and beyond: exactly the limit in all
+    counts = hammer([g.port for g, _ in gws], "/api/users", 5000)
+    assert first[200] + counts[200] == limit, counts
+    assert counts[429] == 5000 - (limit - first[200]), counts
 
 
 def _redis_gateway(

@@ -4,6 +4,7 @@ Redis time, expiry, batching, NOSCRIPT, deadlines, the circuit breaker, and Clus
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import statistics
 import time
@@ -13,8 +14,8 @@ from auth_fixtures import RedisServer
 from harness import HOST, free_port, wait_until
 from ratelimit_fixtures import CASES, T0, Case, RedisCluster, RedisSentinel, redis_cluster, rl_redis
 
-from apigate.ratelimit.algorithms import Algorithm
-from apigate.ratelimit.redis import SCRIPT_SHA, RedisStore, StoreUnavailable, call_args, packed_args
+from apigate.ratelimit.algorithms import Algorithm, State, token_bucket_lease
+from apigate.ratelimit.redis import SCRIPT_SHA, RedisStore, StoreUnavailable, call_args, lease_args, packed_args
 from apigate.redis.endpoint import RedisTarget
 
 __all__ = ["redis_cluster", "rl_redis"]  # fixtures
@@ -33,6 +34,37 @@ def test_redis_passes_the_shared_table(rl_redis: RedisServer) -> None:
         store = RedisStore(rl_redis.url, 2000)
         for i, case in enumerate(CASES):
             await _replay(store, case, b"table:%d" % i)
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_the_lua_token_bucket_with_leases_answers_as_token_bucket_lease(rl_redis: RedisServer) -> None:
+    """The same calls, with leases asked and given back at random, through the script and
+    through algorithms.py: every answer equal, field by field."""
+    rng = random.Random(18)
+
+    async def run() -> None:
+        store = RedisStore(rl_redis.url, 2000)
+        for limit, window in ((7, 1000), (640, 10_000), (2000, 60_000)):
+            key = b"lease:%d" % limit
+            state: State | None = None
+            now = T0 + 17
+            epoch = -1
+            for i in range(400):
+                now += rng.choice([0, 0, 1, 7, 60, 130, 260, 600])
+                want = rng.choice([0, 0, 4, 64])
+                back = rng.choice([0, 0, 1, 3, 50])
+                back_epoch = rng.choice([epoch, epoch - 1, epoch - 2])
+                *expected, state_after, _ = token_bucket_lease(state, now, limit, window, want, back_epoch, back)
+                if state_after is not None:
+                    state = state_after
+                args = packed_args(call_args(Algorithm.TOKEN_BUCKET, limit, window, now=now))
+                done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+                store.submit_lease(key, args, lease_args(want, back_epoch, back), done.set_result)
+                got = store.lease_decision(await done)
+                assert got == tuple(expected), f"limit {limit}/{window} ms, call {i} at +{now - T0} ms"
+                epoch = expected[5]
         await store.close()
 
     asyncio.run(run())

@@ -434,6 +434,12 @@ class RateLimitingConfig(Section):
         "fail_open", description="Store down: 503 (fail_closed) or local in-memory limits (fail_open)."
     )
     default_limit: LimitConfig | None = Field(None, description="Limit for routes without their own.")
+    leases: bool = Field(
+        False,
+        description="Token buckets in Redis: a busy key far from its limit spends tokens leased to this "
+        "instance between Redis calls (never over the limit; tokens leased to an instance that dies "
+        "are refused until refilled).",
+    )
 
     @field_validator("redis_cluster_nodes")
     @classmethod

@@ -9,6 +9,9 @@ synchronous (no task). With Redis the filter returns a future that the store's c
 resolves with the final answer when the loop turn's batch is answered; the gateway goes
 on from the future's done-callback, so a Redis check costs no task either.
 
+With `rate_limiting.leases`, a token-bucket key that is busy and far from its limit spends
+tokens Redis leased to this instance, without a call (leases.py; exact all the same).
+
 While Redis is unreachable (breaker open, timeout, connection refused): `fail_closed`
 answers 503 `rate_limit_unavailable`; `fail_open` counts the request in a per-instance
 in-memory limiter with the same limits and logs a `rate_limit_degraded` warning (at most
@@ -37,10 +40,12 @@ from apigate.config.schema import Config, LimitConfig
 from apigate.gateway.filters import Filter, RequestContext, RequestOutcome, Response, Sample
 from apigate.gateway.router import Route
 from apigate.logs import events
-from apigate.ratelimit.algorithms import ALGORITHMS, SHORT_NAMES, Decision, check_units, window_ms
+from apigate.http import clock
+from apigate.ratelimit.algorithms import ALGORITHMS, SHORT_NAMES, Algorithm, Decision, check_units, window_ms
 from apigate.ratelimit.keys import ClientIp, key_for, scope_prefix
+from apigate.ratelimit.leases import LeaseBook
 from apigate.ratelimit.memory import MemoryStore
-from apigate.ratelimit.redis import RedisStore, StoreUnavailable, call_args, packed_args
+from apigate.ratelimit.redis import RedisStore, StoreUnavailable, call_args, lease_args, packed_args
 from apigate.redis.endpoint import ratelimit_target
 from apigate.telemetry.names import (
     RATE_LIMIT_BACKEND_CHECKS_TOTAL,
@@ -91,6 +96,11 @@ class Rule:
         self.ip_prefix = self.prefix + b"ip="  # + the client ip (always short: kept as it is)
         self.metric_key = (route_id, limit.key_type)
         self.limit_headers = ((RATELIMIT_LIMIT, self.limit_b), (X_RATELIMIT_LIMIT, self.limit_b))
+        self.leased = self.algorithm == Algorithm.TOKEN_BUCKET
+
+    def refill_ms(self, remaining: int) -> int:
+        """Until a token bucket with `remaining` tokens is full again."""
+        return -(-(self.limit - remaining) * self.window // self.limit)
 
 
 class RateLimitFilter(Filter):
@@ -117,6 +127,8 @@ class RateLimitFilter(Filter):
         target = ratelimit_target(cfg)
         if store is None and rl is not None and target is not None:
             self.store = RedisStore(target, rl.timeout_ms)
+        # token-bucket leases (leases.py): only in front of Redis
+        self.leases = LeaseBook() if self.store is not None and rl is not None and rl.leases else None
         # metrics
         self.limited: dict[tuple[str, str], int] = {r.metric_key: 0 for r in self.rules.values()}
         self.degraded = 0
@@ -153,6 +165,19 @@ class RateLimitFilter(Filter):
         store = self.store
         if store is None:
             return self.decide(ctx, rule, self.memory.check(key, rule.algorithm, rule.limit, rule.window))
+        book = self.leases
+        if book is not None and rule.leased:
+            now = clock.now()
+            left = book.spend(key, now)
+            if left >= 0:  # a token leased to this instance: Redis counted it already
+                return self.decide(ctx, rule, (True, left, rule.refill_ms(left), 0))
+            if store.available:
+                want, epoch, back = book.ask(key, now, rule.limit)
+                if want or back:
+                    leased: asyncio.Future[Response | None] = store.loop.create_future()
+                    args = lease_args(want, epoch, back)
+                    store.submit_lease(key, rule.args, args, partial(self._leased, ctx, rule, key, leased, now, want))
+                    return leased
         if not store.available:
             store.backend_errors["circuit_open"] += 1
             return self.unavailable(ctx, rule, key)
@@ -178,6 +203,31 @@ class RateLimitFilter(Filter):
             outcome.set_result(self.unavailable(ctx, rule, key))
         else:
             outcome.set_result(self.decide(ctx, rule, result))
+
+    def _leased(
+        self,
+        ctx: RequestContext,
+        rule: Rule,
+        key: bytes,
+        outcome: asyncio.Future[Response | None],
+        sent_at: float,
+        want: int,
+        reply: object,
+    ) -> None:
+        assert self.store is not None and self.leases is not None
+        result = self.store.lease_decision(reply)
+        if isinstance(result, StoreUnavailable):
+            if want:
+                self.leases.answer(key, sent_at, 0, -1, 0, 0)
+            if not outcome.done():
+                outcome.set_result(self.unavailable(ctx, rule, key))
+            return
+        allowed, remaining, reset, retry, granted, epoch, valid = result
+        if want:  # recorded even when the request went away meanwhile: the tokens are ours
+            self.leases.answer(key, sent_at, granted, epoch, valid, remaining)
+        if not outcome.done():
+            # what the client can still do: the bucket's tokens and the ones leased here
+            outcome.set_result(self.decide(ctx, rule, (allowed, remaining + granted, reset, retry)))
 
     def decide(self, ctx: RequestContext, rule: Rule, d: Decision) -> Response | None:
         allowed, remaining_n, reset_ms, retry_ms = d

@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from apigate.ratelimit.algorithms import Algorithm, Decision
+from apigate.ratelimit.algorithms import LEASE_MS, Algorithm, Decision
+
+LeaseDecision = tuple[bool, int, int, int, int, int, int]
 from apigate.redis.breaker import Breaker
 from apigate.redis.client import LATENCY_BUCKETS_S, ClientEvents, RedisClient, StoreUnavailable
 from apigate.redis.endpoint import RedisTarget
@@ -35,6 +37,7 @@ __all__ = [
     "RedisStore",
     "StoreUnavailable",
     "call_args",
+    "lease_args",
     "packed_args",
 ]
 
@@ -44,8 +47,11 @@ EVENTS = ClientEvents.for_store(
 
 # KEYS[1] the counter; ARGV: algorithm code (algorithms.Algorithm), limit, window_ms, and
 # an optional fixed "now" in ms (tests replay the shared table of cases with it; the
-# gateway always sends "" so that Redis TIME is used). Returns {allowed, remaining,
-# reset_ms, retry_ms}. Each branch is the function of the same name in algorithms.py.
+# gateway always sends "" so that Redis TIME is used); for a token bucket with leases,
+# then the tokens wanted, and the epoch and number of tokens given back. Returns
+# {allowed, remaining, reset_ms, retry_ms}, and with leases {..., granted, epoch,
+# valid_ms}. Each branch is the function of the same name in algorithms.py (the token
+# bucket's is token_bucket_lease).
 SCRIPT = """
 -- Redis < 5 replicates scripts verbatim and refuses writes after TIME unless told to
 -- replicate effects; Redis >= 5 does that anyway (and 7 keeps this call as a no-op).
@@ -75,24 +81,79 @@ else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + idiv(tonumber(t[2]), 1000)
 end
-local s = redis.call('HMGET', key, 'a', 'b', 'c')
+local s = redis.call('HMGET', key, 'a', 'b', 'c', 'd', 'e')
 local exists = s[1] ~= false and s[2] ~= false
 
 if alg == 1 then
+  -- token_bucket_lease; ARGV[5..7] (optional): tokens wanted, epoch and tokens given back
+  local lease_ms = __LEASE_MS__
+  local want, ret_epoch, ret = tonumber(ARGV[5] or '0'), tonumber(ARGV[6] or '-1'), tonumber(ARGV[7] or '0')
   local capacity = limit * window
-  local level = capacity
+  local epoch = idiv(now, lease_ms)
+  local level, cur, prev = capacity, 0, 0
   if exists then
-    local elapsed = math.max(0, now - tonumber(s[2]))
-    level = math.min(capacity, tonumber(s[1]) + elapsed * limit)
+    level = tonumber(s[1])
+    local last = tonumber(s[2])
+    local e = epoch
+    if s[3] ~= false and s[4] ~= false and s[5] ~= false then
+      e, cur, prev = tonumber(s[3]), tonumber(s[4]), tonumber(s[5])
+    end
+    if e > epoch then epoch = e end
+    if now > last then
+      level = level + (now - last) * limit
+      local r1 = (e + 1) * lease_ms
+      if r1 <= now then
+        level = math.min(level, capacity - cur - prev + (now - r1) * limit)
+        if r1 + lease_ms <= now then
+          level = math.min(level, capacity - cur + (now - r1 - lease_ms) * limit)
+        end
+      end
+    end
+    if e == epoch - 1 then
+      cur, prev = 0, cur
+    elseif e ~= epoch then
+      cur, prev = 0, 0
+    end
   end
+  if ret > 0 then
+    local units = ret * window
+    if ret_epoch == epoch then
+      units = math.min(units, cur)
+      cur = cur - units
+    elseif ret_epoch == epoch - 1 then
+      units = math.min(units, prev)
+      prev = prev - units
+    else
+      units = 0
+    end
+    level = level + units
+  end
+  level = math.min(level, capacity - cur - prev)
+  local valid = (epoch + 2) * lease_ms - now
+  local allowed, granted, retry = 0, 0, 0
   if level >= window then
+    allowed = 1
     level = level - window
-    local reset = cdiv(capacity - level, limit)
-    redis.call('HSET', key, 'a', num(level), 'b', num(now))
-    redis.call('PEXPIRE', key, reset + slack)
-    return {1, idiv(level, window), reset, 0}
+    if want > 0 then
+      local spare = idiv(level - idiv(capacity, 2), window)
+      if spare > 0 then
+        granted = math.min(want, spare)
+        level = level - granted * window
+        cur = cur + granted * window
+      end
+    end
+  else
+    retry = cdiv(window - level, limit)
   end
-  return {0, 0, cdiv(capacity - level, limit), cdiv(window - level, limit)}
+  local reset = cdiv(capacity - level, limit)
+  if allowed == 1 or ret > 0 then
+    local ttl = reset
+    if cur > 0 or prev > 0 then ttl = math.max(reset, valid) end
+    redis.call('HSET', key, 'a', num(level), 'b', num(now), 'c', num(epoch), 'd', num(cur), 'e', num(prev))
+    redis.call('PEXPIRE', key, ttl + slack)
+  end
+  if ARGV[5] == nil then return {allowed, idiv(level, window), reset, retry} end
+  return {allowed, idiv(level, window), reset, retry, granted, epoch, valid}
 end
 
 local index = idiv(now, window)
@@ -138,15 +199,21 @@ else
   retry = (window - elapsed) + window - idiv((limit - 1) * window, current)
 end
 return {0, 0, reset, retry}
-"""
+""".replace("__LEASE_MS__", str(LEASE_MS))
 _SCRIPT = Script(SCRIPT)
 SCRIPT_SHA = _SCRIPT.sha
 _EVALSHA_HEAD = _SCRIPT.head(5)  # the key and four ARGV
+_EVALSHA_LEASE_HEAD = _SCRIPT.head(8)  # the key and seven ARGV
 
 
 def call_args(algorithm: Algorithm, limit: int, window: int, now: int | None = None) -> tuple[bytes, ...]:
     """ARGV of the script for one limit (`now`: tests only)."""
     return (b"%d" % algorithm, b"%d" % limit, b"%d" % window, b"" if now is None else b"%d" % now)
+
+
+def lease_args(want: int, epoch: int, back: int) -> bytes:
+    """ARGV 5-7 of a token-bucket check with leases (ratelimit/leases.py)."""
+    return bulk(b"%d" % want) + bulk(b"%d" % epoch) + bulk(b"%d" % back)
 
 
 def packed_args(args: Sequence[bytes]) -> bytes:
@@ -227,10 +294,24 @@ class RedisStore:
         form: no future, no task, no closure of the store's own per check.)"""
         self.client.submit(_EVALSHA_HEAD + bulk(key) + args, answer, _SCRIPT)
 
+    def submit_lease(self, key: bytes, args: bytes, lease: bytes, answer: Callable[[object], None]) -> None:
+        """`submit` with leases: `lease` from `lease_args`; `lease_decision` reads the reply."""
+        self.client.submit(_EVALSHA_LEASE_HEAD + bulk(key) + args + lease, answer, _SCRIPT)
+
+    def lease_decision(self, reply: object) -> LeaseDecision | StoreUnavailable:
+        """A reply to `submit_lease`: the Decision's four fields, then the tokens granted, the
+        lease's epoch and how long Redis counts it (ms)."""
+        if type(reply) is list and len(reply) == 7:
+            return reply[0] == 1, reply[1], reply[2], reply[3], reply[4], reply[5], reply[6]
+        return self._failure(reply)
+
     def decision(self, reply: object) -> Decision | StoreUnavailable:
         """A reply (or the failure in its place) as the script's Decision."""
         if type(reply) is list and len(reply) == 4:
             return reply[0] == 1, reply[1], reply[2], reply[3]
+        return self._failure(reply)
+
+    def _failure(self, reply: object) -> StoreUnavailable:
         if isinstance(reply, StoreUnavailable):
             return reply
         if isinstance(reply, ReplyError):
