@@ -15,7 +15,14 @@ from harness import HOST, free_port, wait_until
 from ratelimit_fixtures import CASES, T0, Case, RedisCluster, RedisSentinel, redis_cluster, rl_redis
 
 from apigate.ratelimit.algorithms import Algorithm, State, token_bucket_lease
-from apigate.ratelimit.redis import SCRIPT_SHA, RedisStore, StoreUnavailable, call_args, lease_args, packed_args
+from apigate.ratelimit.redis import (
+    SCRIPT_SHA,
+    RedisStore,
+    StoreUnavailable,
+    call_args,
+    lease_args,
+    packed_args,
+)
 from apigate.redis.endpoint import RedisTarget
 
 __all__ = ["redis_cluster", "rl_redis"]  # fixtures
@@ -56,7 +63,9 @@ def test_the_lua_token_bucket_with_leases_answers_as_token_bucket_lease(rl_redis
                 want = rng.choice([0, 0, 4, 64])
                 back = rng.choice([0, 0, 1, 3, 50])
                 back_epoch = rng.choice([epoch, epoch - 1, epoch - 2])
-                *expected, state_after, _ = token_bucket_lease(state, now, limit, window, want, back_epoch, back)
+                *expected, state_after, _ = token_bucket_lease(
+                    state, now, limit, window, want, back_epoch, back
+                )
                 if state_after is not None:
                     state = state_after
                 args = packed_args(call_args(Algorithm.TOKEN_BUCKET, limit, window, now=now))

@@ -39,8 +39,8 @@ from functools import partial
 from apigate.config.schema import Config, LimitConfig
 from apigate.gateway.filters import Filter, RequestContext, RequestOutcome, Response, Sample
 from apigate.gateway.router import Route
-from apigate.logs import events
 from apigate.http import clock
+from apigate.logs import events
 from apigate.ratelimit.algorithms import ALGORITHMS, SHORT_NAMES, Algorithm, Decision, check_units, window_ms
 from apigate.ratelimit.keys import ClientIp, key_for, scope_prefix
 from apigate.ratelimit.leases import LeaseBook
@@ -176,7 +176,8 @@ class RateLimitFilter(Filter):
                 if want or back:
                     leased: asyncio.Future[Response | None] = store.loop.create_future()
                     args = lease_args(want, epoch, back)
-                    store.submit_lease(key, rule.args, args, partial(self._leased, ctx, rule, key, leased, now, want))
+                    answer = partial(self._leased, ctx, rule, key, leased, now, want)
+                    store.submit_lease(key, rule.args, args, answer)
                     return leased
         if not store.available:
             store.backend_errors["circuit_open"] += 1

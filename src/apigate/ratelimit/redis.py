@@ -23,12 +23,12 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from apigate.ratelimit.algorithms import LEASE_MS, Algorithm, Decision
-
-LeaseDecision = tuple[bool, int, int, int, int, int, int]
 from apigate.redis.breaker import Breaker
 from apigate.redis.client import LATENCY_BUCKETS_S, ClientEvents, RedisClient, StoreUnavailable
 from apigate.redis.endpoint import RedisTarget
 from apigate.redis.resp import ReplyError, Script, bulk
+
+LeaseDecision = tuple[bool, int, int, int, int, int, int]
 
 __all__ = [
     "LATENCY_BUCKETS_S",
