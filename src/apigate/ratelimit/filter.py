@@ -39,7 +39,6 @@ from functools import partial
 from apigate.config.schema import Config, LimitConfig
 from apigate.gateway.filters import Filter, RequestContext, RequestOutcome, Response, Sample
 from apigate.gateway.router import Route
-from apigate.http import clock
 from apigate.logs import events
 from apigate.ratelimit.algorithms import ALGORITHMS, SHORT_NAMES, Algorithm, Decision, check_units, window_ms
 from apigate.ratelimit.keys import ClientIp, key_for, scope_prefix
@@ -167,7 +166,7 @@ class RateLimitFilter(Filter):
             return self.decide(ctx, rule, self.memory.check(key, rule.algorithm, rule.limit, rule.window))
         book = self.leases
         if book is not None and rule.leased:
-            now = clock.now()
+            now = ctx.start  # (the request's start: earlier than the clock, so a lease ends sooner)
             left = book.spend(key, now)
             if left >= 0:  # a token leased to this instance: Redis counted it already
                 return self.decide(ctx, rule, (True, left, rule.refill_ms(left), 0))
