@@ -25,7 +25,7 @@
 # Knobs (environment): DURATION=10 ROUNDS=3 WARMUP=2 OPEN_LOOP_S=10 CONNS=64 THREADS=1
 #   CASES="proxy jwt ratelimit metrics full full100 workers2" (subset, in order)  ROUTES=100 USERS=10000
 #   LOADCPU=0 PEERCPU=1  UP_PORT=19701 NGINX_PORT=19702 APIGATE_PORT=19731 METRICS_PORT=19732
-#   REDIS_PORT=19733  APIGATE=.venv/bin/apigate
+#   REDIS_PORT=19733  APIGATE=.venv/bin/apigate  LEASES=1 (rate_limiting.leases in the Redis cases)
 # Output: bench/results/matrix-<stamp>/ (raw), bench/results/latest.md and latest.json (the table,
 # by bench/matrix_report.py). Everything listens on 127.0.0.1 only; every process started here is
 # recorded (bench/procs.sh) and stopped by pid on exit, Ctrl-C included.
@@ -44,6 +44,7 @@ WARMUP=${WARMUP:-2}
 OPEN_LOOP_S=${OPEN_LOOP_S:-10}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-1}
+LEASES=${LEASES:-0}
 CASES=${CASES:-proxy jwt ratelimit metrics full full100 workers2}
 ROUTES=${ROUTES:-100}
 USERS=${USERS:-10000}
@@ -99,7 +100,16 @@ if [ "$LOADCPU" -ge "$NCPU" ] || [ "$PEERCPU" -ge "$NCPU" ]; then die "LOADCPU/P
 ALLCPUS=0-$((NCPU - 1))
 
 # ------------------------------------------------------------------ the cases
-config_of() { if [ "$1" = full100 ]; then echo "$GEN/full100.yaml"; else echo "$REPO/bench/matrix/$1.yaml"; fi; }
+config_of() { # LEASES=1: the Redis cases with rate_limiting.leases (written next to the generated files)
+  local cfg=$REPO/bench/matrix/$1.yaml
+  [ "$1" = full100 ] && cfg=$GEN/full100.yaml
+  if [ "$LEASES" = 1 ] && needs_redis "$1"; then
+    sed 's/^  failure_mode: fail_closed$/&\n  leases: true/' "$cfg" >"$GEN/$1.leases.yaml"
+    grep -q '^  leases: true' "$GEN/$1.leases.yaml" || die "$cfg: no 'failure_mode: fail_closed' line for the leases"
+    cfg=$GEN/$1.leases.yaml
+  fi
+  echo "$cfg"
+}
 cpus_of() { if [ "$1" = workers2 ]; then echo "$ALLCPUS"; else echo "$PEERCPU"; fi; }
 scraped() { [[ " metrics full full100 workers2 " == *" $1 "* ]]; }
 needs_redis() { [[ " ratelimit metrics full full100 workers2 " == *" $1 "* ]]; }
@@ -171,7 +181,7 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "apigate $("$APIGATE" --version 2>&1 | head -1)"
   echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src bench 2>/dev/null || echo ' (dirty)')"
   echo "loadavg_before $LOAD_BEFORE"
-  echo "knobs DURATION=$DURATION ROUNDS=$ROUNDS WARMUP=$WARMUP OPEN_LOOP_S=$OPEN_LOOP_S CONNS=$CONNS THREADS=$THREADS ROUTES=$ROUTES USERS=$USERS LOADCPU=$LOADCPU PEERCPU=$PEERCPU"
+  echo "knobs DURATION=$DURATION ROUNDS=$ROUNDS WARMUP=$WARMUP OPEN_LOOP_S=$OPEN_LOOP_S CONNS=$CONNS THREADS=$THREADS ROUTES=$ROUTES USERS=$USERS LOADCPU=$LOADCPU PEERCPU=$PEERCPU LEASES=$LEASES"
   echo "cases $CASES"
   echo "open_loop_tokens $([ "$HEADER_FILE_OK" = 1 ] && echo rotated || echo one)"
 } >"$RES/meta.txt"

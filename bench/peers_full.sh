@@ -19,9 +19,17 @@ if [ "${LEASES:-0}" = 1 ]; then
 fi
 taskset -c 0 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --daemonize yes \
   --pidfile "$OUT/redis.pid" --logfile "$OUT/redis.log" --dir "$OUT"
+for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG || { echo "redis-server did not start: $OUT/redis.log" >&2; exit 1; }
 (while sleep 1; do curl -s -o /dev/null "http://127.0.0.1:$METRICS_PORT/metrics" || true; done) &
 SCRAPER=$!
-trap 'kill "$SCRAPER" 2>/dev/null; kill "$(cat "$OUT/redis.pid" 2>/dev/null)" 2>/dev/null || true' EXIT
+stop() { # the scraper, then Redis, waited for: the port is free for the next run
+  kill "$SCRAPER" 2>/dev/null || true
+  local pid; pid=$(cat "$OUT/redis.pid" 2>/dev/null) || return 0
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+}
+trap stop EXIT
 export APIGATE_BENCH_REDIS=redis://127.0.0.1:$REDIS_PORT/0 APIGATE_BENCH_LOG=$OUT/access.log \
   APIGATE_BENCH_METRICS_PORT=$METRICS_PORT APIGATE_BENCH_SPOOL=$OUT/spool
 echo "apigate config: $CONFIG (leases ${LEASES:-0})" >&2
