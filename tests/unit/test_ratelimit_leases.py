@@ -102,7 +102,7 @@ def test_tokens_given_back_are_admitted_again() -> None:
     c = Cluster(2, limit, window)
     now = 1_000_000
     assert c.request(0, now - 10)  # first seen: no lease
-    assert c.books[0].leases[KEY].tokens == 0
+    assert KEY not in c.books[0].leases
     assert c.request(0, now)  # asked again within an epoch: its own token and a lease
     held = c.books[0].leases[KEY].tokens
     assert held == 4
@@ -124,7 +124,7 @@ def test_a_key_requested_now_and_then_takes_no_lease() -> None:
     for _ in range(20):
         assert leasing.request(0, now) and exact.request(0, now, leases=False)
         now += LEASE_MS + 1
-    assert leasing.checks == 20 and leasing.books[0].leases[KEY].tokens == 0
+    assert leasing.checks == 20 and KEY not in leasing.books[0].leases
     got = sum(leasing.request(0, now, leases=False) for _ in range(100))
     assert got == sum(exact.request(0, now, leases=False) for _ in range(100))  # nothing lost
 
@@ -137,3 +137,16 @@ def test_after_an_idle_time_the_whole_limit_is_there_again() -> None:
     now += 5000  # leases long over, bucket refilled
     got = sum(c.request(1, now, leases=False) for _ in range(200))
     assert got == 100
+
+
+def test_keys_seen_once_hold_no_lease_and_are_forgotten() -> None:
+    """10,000 users each asking once a second: no lease, and only the last half second's keys kept."""
+    book = LeaseBook()
+    now = 1000.0
+    for second in range(3):
+        for i in range(10_000):
+            assert book.ask(b"user:%d" % i, now, 1_000_000) == (0, -1, 0)
+            now += 1 / 10_000
+    assert len(book) == 0
+    kept = len(book._seen) + len(book._older)
+    assert kept <= 10_000 * 2 * LEASE_MS // 1000 + 1, kept

@@ -39,12 +39,17 @@ class Lease:
 
 
 class LeaseBook:
-    """The leases this instance holds, by limit key."""
+    """The leases this instance holds, by limit key, for the keys that are busy."""
 
     def __init__(self) -> None:
         self.leases: dict[bytes, Lease] = {}
         self.spent = 0  # requests admitted from a lease (no Redis call)
         self._next_sweep = 0.0
+        # keys that asked Redis in this and the previous LEASE_S (two generations, so that a key
+        # seen once costs no Lease and is forgotten without a sweep)
+        self._seen: dict[bytes, float] = {}
+        self._older: dict[bytes, float] = {}
+        self._rotate_at = 0.0
 
     def __len__(self) -> int:
         return len(self.leases)
@@ -65,13 +70,16 @@ class LeaseBook:
         requested now and then would leave most of every lease unspent, refused to all."""
         lease = self.leases.get(key)
         if lease is None:
+            if not self._seen_lately(key, now):
+                return 0, -1, 0
             if len(self.leases) >= SWEEP_AT and now >= self._next_sweep:
                 self._sweep(now)
             lease = self.leases[key] = Lease()
-            lease.asked = now
+            busy = True
+        elif lease.pending:  # one lease at a time
             return 0, -1, 0
-        if lease.pending:  # one lease at a time
-            return 0, -1, 0
+        else:
+            busy = now - lease.asked < LEASE_S
         back = lease.tokens
         if lease.epoch >= 0:
             if back == 0 and now < lease.until:  # ran out in time: the key is busier
@@ -79,7 +87,6 @@ class LeaseBook:
             elif back > 0:
                 lease.size = max(lease.size // 2, FIRST)
         lease.tokens = 0
-        busy = now - lease.asked < LEASE_S
         lease.asked = now
         if not busy:
             return 0, lease.epoch, back
@@ -102,7 +109,22 @@ class LeaseBook:
             # from when the check was sent, which is before Redis read its clock
             lease.until = sent_at + valid_ms / 1000 - MARGIN_S
 
+    def _seen_lately(self, key: bytes, now: float) -> bool:
+        """Whether `key` asked Redis less than LEASE_S ago (and note that it asks now)."""
+        if now >= self._rotate_at:
+            self._older, self._seen = self._seen, {}
+            self._rotate_at = now + LEASE_S
+        last = self._seen.get(key)
+        if last is None:
+            last = self._older.get(key)
+        self._seen[key] = now
+        return last is not None and now - last < LEASE_S
+
     def _sweep(self, now: float) -> None:
+        """Drop the leases of keys gone quiet (what they still hold is lost: counted as spent)."""
         self._next_sweep = now + 1.0
-        for key in [k for k, v in self.leases.items() if not v.pending and now >= v.until]:
+        quiet = [
+            k for k, v in self.leases.items() if not v.pending and now >= v.until and now - v.asked >= LEASE_S
+        ]
+        for key in quiet:
             del self.leases[key]
