@@ -143,7 +143,7 @@ def test_keys_seen_once_hold_no_lease_and_are_forgotten() -> None:
     """10,000 users each asking once a second: no lease, and only the last half second's keys kept."""
     book = LeaseBook()
     now = 1000.0
-    for second in range(3):
+    for _second in range(3):
         for i in range(10_000):
             assert book.ask(b"user:%d" % i, now, 1_000_000) == (0, -1, 0)
             now += 1 / 10_000
