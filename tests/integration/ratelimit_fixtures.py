@@ -41,16 +41,24 @@ class RedisCluster:
 
     def __init__(self, workdir: Path) -> None:
         server, cli = require_tool("redis-server"), require_tool("redis-cli")
-        self.ports = [free_port() for _ in range(3)]
+        # Six distinct ports, all picked before any node starts: a port picked while a node
+        # just started but had not bound yet could be picked again (it happened: node 3's bus
+        # port was node 1's port).
+        picked: list[int] = []
+        while len(picked) < 6:
+            port = free_port()
+            if port not in picked:
+                picked.append(port)
+        self.ports = picked[:3]
         self.procs: list[subprocess.Popen[bytes]] = []
-        for port in self.ports:
+        for port, bus in zip(self.ports, picked[3:], strict=True):
             d = workdir / str(port)
             d.mkdir()
             args = [
                 server, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
                 "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
                 "--cluster-node-timeout", "2000",
-                "--cluster-port", str(free_port()),  # not port + 10000, which may be taken or > 65535
+                "--cluster-port", str(bus),  # not port + 10000, which may be taken or > 65535
             ]  # fmt: skip
             with open(d / "redis.log", "wb") as log:
                 self.procs.append(
