@@ -10,7 +10,8 @@
 # its own work is another process and not counted. The upstream and the clients are fake
 # transports: no kernel, no sockets on the request path.
 #
-# Knobs: CONFIGS="proxy jwt jwt_rl rl_metrics full"  N1=200 N2=600  K=20  REDIS_PORT=19851
+# Knobs: CONFIGS="proxy jwt jwt_rl rl_metrics full" (also jwt_rl_leases, full_leases: with
+#   rate_limiting.leases)  N1=200 N2=600  K=20  REDIS_PORT=19851
 #   APIGATE_PURE=1 (the interpreted build)  PYTHONHASHSEED=0 (dict costs depend on the seed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
