@@ -22,7 +22,7 @@ FIRST = 4
 MOST = 256
 LEASE_S = LEASE_MS / 1000
 MARGIN_S = LEASE_MS / 2000  # stop spending this long before Redis stops counting the lease
-SWEEP_AT = 4096  # leases kept before the ones past their time are dropped
+SWEEP_AT = 4096  # leases kept before those of keys gone quiet are dropped
 
 
 class Lease:
