@@ -140,24 +140,23 @@ def token_bucket_lease(
         level += units
     level = min(level, capacity - cur - prev)
     valid = (epoch + 2) * LEASE_MS - now  # how long a lease granted now is counted
-    if level >= window:
+    allowed = level >= window
+    granted = retry = 0
+    if allowed:
         level -= window
-        granted = 0
         if want > 0:
             spare = (level - capacity // 2) // window
             if spare > 0:
                 granted = min(want, spare)
                 level -= granted * window
                 cur += granted * window
-        reset = -((level - capacity) // limit)  # ceil((capacity - level) / limit)
-        ttl = max(reset, valid) if cur or prev else reset
-        return True, level // window, reset, 0, granted, epoch, valid, (level, now, epoch, cur, prev), ttl
-    reset = -((level - capacity) // limit)
-    retry = -((level - window) // limit)
-    if ret > 0:  # refused, but the tokens given back are stored
-        ttl = max(reset, valid) if cur or prev else reset
-        return False, 0, reset, retry, 0, epoch, valid, (level, now, epoch, cur, prev), ttl
-    return False, 0, reset, retry, 0, epoch, valid, None, 0
+    else:
+        retry = -((level - window) // limit)
+    reset = -((level - capacity) // limit)  # ceil((capacity - level) / limit)
+    if not allowed and ret == 0:  # a refusal stores nothing (tokens given back are stored)
+        return False, 0, reset, retry, 0, epoch, valid, None, 0
+    ttl = max(reset, valid) if cur or prev else reset
+    return allowed, level // window, reset, retry, granted, epoch, valid, (level, now, epoch, cur, prev), ttl
 
 
 def fixed_window(state: State | None, now: int, limit: int, window: int) -> Outcome:

@@ -43,7 +43,6 @@ class LeaseBook:
 
     def __init__(self) -> None:
         self.leases: dict[bytes, Lease] = {}
-        self.spent = 0  # requests admitted from a lease (no Redis call)
         self._next_sweep = 0.0
         # keys that asked Redis in this and the previous LEASE_S (two generations, so that a key
         # seen once costs no Lease and is forgotten without a sweep)
@@ -61,7 +60,6 @@ class LeaseBook:
         if lease is None or lease.tokens == 0 or now >= lease.until:
             return -1
         lease.tokens -= 1
-        self.spent += 1
         return lease.remaining + lease.tokens
 
     def ask(self, key: bytes, now: float, limit: int) -> tuple[int, int, int]:
